@@ -1,0 +1,1 @@
+"""Alembic migrations of the mosaicod catalog (shipped inside the package as mosaicod.migrations)."""

