@@ -96,6 +96,18 @@ SETTINGS: tuple[Setting, ...] = (
             help="roll to a new Parquet chunk file once the current one reaches this many bytes"),
     Setting("row_group_size", "encoding", 32 * MiB, _parse_int,
             help="Arrow bytes buffered (and sorted) per Parquet row group during ingest"),
+    # operations (cleanup, store optimizer, instance registry, metrics)
+    Setting("metrics_host", "server", "127.0.0.1", help="address of the /healthz and /metrics endpoint"),
+    Setting("heartbeat_interval", "server", 10, _parse_int,
+            help="seconds between instance-registry heartbeats (ps: alive < 3x <= stale < 10x <= dead)"),
+    Setting("cleanup_time_interval", "cleanup", 0, _parse_int,
+            help="seconds between cleanup runs (0 = one run, then exit)"),
+    Setting("cleanup_retention_duration", "cleanup", 86400, _parse_int,
+            help="seconds a TO_DELETE-marked folder is kept before it is physically removed"),
+    Setting("store_optimizer_time_interval", "store_optimizer", 0, _parse_int,
+            help="seconds between store-optimizer passes (0 = one pass, then exit)"),
+    Setting("store_optimizer_max_chunk_size", "store_optimizer", 256 * MiB, _parse_int,
+            help="target size in bytes of the chunk files the store optimizer writes"),
     # logging
     Setting("log_level", "logging", "info", choices=("debug", "info", "warning", "error")),
     Setting("log_format", "logging", "pretty", choices=("json", "pretty", "plain")),
@@ -164,7 +176,7 @@ def _load_file(path: str | os.PathLike | None) -> dict[str, Any]:
                 f"(known: {', '.join(sorted(sections))})")
         for key, value in table.items():
             setting = _BY_NAME.get(key)
-            if setting is None and _BY_NAME.get(f"{section}_{key}") is not None:
+            if (setting is None or setting.section != section) and f"{section}_{key}" in _BY_NAME:
                 setting = _BY_NAME[f"{section}_{key}"]
             if setting is None or setting.section != section:
                 secret_hint = ""
@@ -227,6 +239,14 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("MOSAICOD_MAX_CHUNK_SIZE must be >= 1 MiB")
     if v["row_group_size"] < 64 * 1024:
         raise ConfigError("MOSAICOD_ROW_GROUP_SIZE must be >= 64 KiB")
+    for name in ("cleanup_time_interval", "cleanup_retention_duration",
+                 "store_optimizer_time_interval", "metrics_port"):
+        if v[name] < 0:
+            raise ConfigError(f"MOSAICOD_{name.upper()} must be >= 0")
+    if v["heartbeat_interval"] < 1:
+        raise ConfigError("MOSAICOD_HEARTBEAT_INTERVAL must be >= 1 second")
+    if v["store_optimizer_max_chunk_size"] < 64 * 1024:
+        raise ConfigError("MOSAICOD_STORE_OPTIMIZER_MAX_CHUNK_SIZE must be >= 64 KiB")
     ep = v["store_endpoint"]
     if ep and not ep.startswith(("file:///", "http://", "https://", "s3://")):
         raise ConfigError(
