@@ -1,0 +1,1 @@
+"""Maintenance routines: store cleanup, store optimizer (and catalog rebuild)."""
