@@ -75,6 +75,11 @@ class ObjectStore:
     def path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
 
+    def local_path(self, key: str) -> str | None:
+        """The key's path on the local file system, or None for remote stores."""
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return self.path(key) if protocol in ("file", "local") else None
+
     def key_of(self, path: str) -> str:
         path = path.rstrip("/")
         prefix = self.root + "/"

@@ -1,0 +1,331 @@
+"""Catalog operations.  Every state change is one transaction: a crash never leaves a
+half-created resource behind.  Callers get plain row mappings back."""
+
+from __future__ import annotations
+
+import threading
+import uuid as uuidlib
+from typing import Any, Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection, Engine, RowMapping
+
+from .. import errors
+from ..store.stats import ChunkStats
+from .tables import (chunk_t, column_chunk_numeric_t, column_chunk_textual_t, column_t,
+                     sequence_notification_t, sequence_t, session_t, topic_notification_t, topic_t)
+
+
+def _unique_violation(exc: sa.exc.IntegrityError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "23505"
+
+
+class Catalog:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._column_ids: dict[tuple[str, str], int] = {}
+        self._column_lock = threading.Lock()
+
+    # -- sequences ----------------------------------------------------------------------------
+    def create_sequence(self, *, locator: str, uuid: uuidlib.UUID, user_metadata: Any,
+                        path_in_store: str, created_at_ns: int) -> int:
+        try:
+            with self.engine.begin() as conn:
+                return conn.execute(sequence_t.insert().values(
+                    sequence_uuid=uuid, locator_name=locator, user_metadata=user_metadata,
+                    path_in_store=path_in_store, creation_unix_tstamp=created_at_ns,
+                ).returning(sequence_t.c.sequence_id)).scalar_one()
+        except sa.exc.IntegrityError as exc:
+            if _unique_violation(exc):
+                raise errors.already_exists(f"Sequence `{locator}`") from None
+            raise
+
+    def delete_sequence_row(self, sequence_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sequence_t.delete().where(sequence_t.c.sequence_id == sequence_id))
+
+    def sequence(self, locator: str, conn: Connection | None = None) -> RowMapping:
+        row = self._one(conn, sa.select(sequence_t).where(sequence_t.c.locator_name == locator))
+        if row is None:
+            raise errors.not_found(f"Sequence `{locator}`")
+        return row
+
+    def sequence_names(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(sequence_t.c.locator_name)
+                                     .order_by(sequence_t.c.locator_name)).scalars())
+
+    def delete_sequence(self, locator: str) -> list[str] | None:
+        """Delete a sequence and everything below it; returns its store folders (sequence
+        folder first), or None if it did not exist."""
+        with self.engine.begin() as conn:
+            seq = conn.execute(sa.select(sequence_t).where(sequence_t.c.locator_name == locator)
+                               .with_for_update()).mappings().first()
+            if seq is None:
+                return None
+            folders = [seq["path_in_store"]] + list(conn.execute(
+                sa.select(topic_t.c.path_in_store).where(
+                    topic_t.c.sequence_id == seq["sequence_id"],
+                    topic_t.c.path_in_store.is_not(None))).scalars())
+            conn.execute(sequence_t.delete().where(sequence_t.c.sequence_id == seq["sequence_id"]))
+            return folders
+
+    # -- sessions -----------------------------------------------------------------------------
+    def create_session(self, *, sequence_id: int, uuid: uuidlib.UUID, locator: str,
+                       created_at_ns: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(session_t.insert().values(
+                session_uuid=uuid, locator_name=locator, sequence_id=sequence_id,
+                creation_unix_tstamp=created_at_ns))
+
+    def session_by_uuid(self, uuid: uuidlib.UUID, conn: Connection | None = None) -> RowMapping:
+        row = self._one(conn, self._session_query().where(session_t.c.session_uuid == uuid))
+        if row is None:
+            raise errors.not_found(f"Session `{uuid}`")
+        return row
+
+    def session_by_locator(self, locator: str) -> RowMapping:
+        row = self._one(None, self._session_query().where(session_t.c.locator_name == locator))
+        if row is None:
+            raise errors.not_found(f"Session `{locator}`")
+        return row
+
+    @staticmethod
+    def _session_query() -> sa.Select:
+        return (sa.select(session_t, sequence_t.c.locator_name.label("sequence_locator"),
+                          sequence_t.c.path_in_store.label("sequence_folder"))
+                .join(sequence_t, sequence_t.c.sequence_id == session_t.c.sequence_id))
+
+    def sessions_of(self, sequence_id: int) -> list[RowMapping]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(session_t).where(session_t.c.sequence_id == sequence_id)
+                                     .order_by(session_t.c.creation_unix_tstamp, session_t.c.session_id))
+                        .mappings())
+
+    def finalize_session(self, session_uuid: uuidlib.UUID, completed_at_ns: int) -> RowMapping:
+        """Lock a session once every topic is finalized (checks and update in one transaction)."""
+        with self.engine.begin() as conn:
+            sess = conn.execute(self._session_query().where(session_t.c.session_uuid == session_uuid)
+                                .with_for_update(of=session_t)).mappings().first()
+            if sess is None:
+                raise errors.not_found(f"Session `{session_uuid}`")
+            if sess["completion_unix_tstamp"] is not None:
+                raise errors.precondition(f"Session `{sess['locator_name']}` already finalized.")
+            topics = list(conn.execute(
+                sa.select(topic_t.c.locator_name, topic_t.c.path_in_store, topic_t.c.completion_unix_tstamp)
+                .where(topic_t.c.session_id == sess["session_id"]).order_by(topic_t.c.topic_id)).mappings())
+            if not topics:
+                raise errors.precondition(f"Session `{sess['locator_name']}` is empty.")
+            for t in topics:
+                if t["path_in_store"] is None:
+                    raise errors.precondition(
+                        f"DoPut not called for topic `{t['locator_name']}`. At least one with an "
+                        "empty batch is required to finalize the topic.")
+                if t["completion_unix_tstamp"] is None:
+                    raise errors.precondition(f"Topic `{t['locator_name']}` is already uploading data.")
+            conn.execute(session_t.update().where(session_t.c.session_id == sess["session_id"])
+                         .values(completion_unix_tstamp=completed_at_ns))
+            return sess
+
+    def delete_session(self, locator: str) -> tuple[RowMapping, list[str]]:
+        """Delete a session with its topics; returns (session row, topic folders)."""
+        with self.engine.begin() as conn:
+            sess = conn.execute(self._session_query().where(session_t.c.locator_name == locator)
+                                .with_for_update(of=session_t)).mappings().first()
+            if sess is None:
+                raise errors.not_found(f"Session `{locator}`")
+            folders = list(conn.execute(sa.select(topic_t.c.path_in_store).where(
+                topic_t.c.session_id == sess["session_id"], topic_t.c.path_in_store.is_not(None))).scalars())
+            conn.execute(session_t.delete().where(session_t.c.session_id == sess["session_id"]))
+            return sess, folders
+
+    # -- topics -------------------------------------------------------------------------------
+    def create_topic(self, *, session_uuid: uuidlib.UUID, locator: str, uuid: uuidlib.UUID,
+                     serialization_format: str, ontology_tag: str, user_metadata: Any,
+                     created_at_ns: int, sequence_locator: str) -> None:
+        try:
+            with self.engine.begin() as conn:
+                sess = conn.execute(self._session_query().where(session_t.c.session_uuid == session_uuid)
+                                    .with_for_update(of=session_t)).mappings().first()
+                if sess is None:
+                    raise errors.not_found(f"Session `{session_uuid}`")
+                if sess["completion_unix_tstamp"] is not None:
+                    raise errors.precondition(f"Session `{sess['locator_name']}` already finalized.")
+                if sess["sequence_locator"] != sequence_locator:
+                    raise errors.unauthorized(
+                        f"topic `{locator}` does not belong to the sequence `{sess['sequence_locator']}` "
+                        "of the session")
+                conn.execute(topic_t.insert().values(
+                    topic_uuid=uuid, sequence_id=sess["sequence_id"], session_id=sess["session_id"],
+                    locator_name=locator, user_metadata=user_metadata,
+                    serialization_format=serialization_format, ontology_tag=ontology_tag,
+                    creation_unix_tstamp=created_at_ns))
+        except sa.exc.IntegrityError as exc:
+            if _unique_violation(exc):
+                raise errors.already_exists(f"Topic `{locator}`") from None
+            raise
+
+    @staticmethod
+    def _topic_query() -> sa.Select:
+        return (sa.select(topic_t, session_t.c.locator_name.label("session_locator"),
+                          session_t.c.session_uuid, sequence_t.c.locator_name.label("sequence_locator"),
+                          sequence_t.c.path_in_store.label("sequence_folder"))
+                .join(session_t, session_t.c.session_id == topic_t.c.session_id)
+                .join(sequence_t, sequence_t.c.sequence_id == topic_t.c.sequence_id))
+
+    def topic(self, locator: str, conn: Connection | None = None) -> RowMapping:
+        row = self._one(conn, self._topic_query().where(topic_t.c.locator_name == locator))
+        if row is None:
+            raise errors.not_found(f"Topic `{locator}`")
+        return row
+
+    def topics_of_sequence(self, sequence_id: int) -> list[RowMapping]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(self._topic_query().where(topic_t.c.sequence_id == sequence_id)
+                                     .order_by(topic_t.c.creation_unix_tstamp, topic_t.c.topic_id))
+                        .mappings())
+
+    def start_upload(self, topic_id: int, topic_uuid: uuidlib.UUID, locator: str, folder: str,
+                     schema_ipc: bytes) -> None:
+        """The single-writer barrier: claim an EMPTY topic for one DoPut stream."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(topic_t.c.topic_uuid, topic_t.c.path_in_store,
+                                         topic_t.c.completion_unix_tstamp)
+                               .where(topic_t.c.topic_id == topic_id).with_for_update()).mappings().first()
+            if row is None:
+                raise errors.not_found(f"Topic `{locator}`")
+            if row["topic_uuid"] != topic_uuid:
+                raise errors.unauthorized(f"wrong topic uuid for topic `{locator}`")
+            if row["completion_unix_tstamp"] is not None:
+                raise errors.precondition(f"Topic `{locator}` has already been uploaded and finalized.")
+            if row["path_in_store"] is not None:
+                raise errors.precondition(f"Topic `{locator}` is already uploading data.")
+            conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id)
+                         .values(path_in_store=folder, arrow_schema=schema_ipc))
+
+    def reset_upload(self, topic_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id,
+                                                topic_t.c.completion_unix_tstamp.is_(None))
+                         .values(path_in_store=None, arrow_schema=None))
+
+    def finalize_topic(self, topic_id: int, completed_at_ns: int) -> None:
+        """Close an upload: completion time and exact timestamp range from the chunk rows."""
+        with self.engine.begin() as conn:
+            rng = conn.execute(sa.select(sa.func.min(chunk_t.c.start_timestamp_ns),
+                                         sa.func.max(chunk_t.c.end_timestamp_ns))
+                               .where(chunk_t.c.topic_id == topic_id)).one()
+            conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id).values(
+                completion_unix_tstamp=completed_at_ns, start_index_timestamp=rng[0],
+                end_index_timestamp=rng[1]))
+
+    def delete_topic(self, locator: str) -> str | None:
+        """Delete a topic; returns its store folder (None if it had no data)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(topic_t.c.topic_id, topic_t.c.path_in_store)
+                               .where(topic_t.c.locator_name == locator).with_for_update()).first()
+            if row is None:
+                raise errors.not_found(f"Topic `{locator}`")
+            conn.execute(topic_t.delete().where(topic_t.c.topic_id == row.topic_id))
+            return row.path_in_store
+
+    # -- chunks and statistics ----------------------------------------------------------------
+    def column_ids(self, conn: Connection, ontology_tag: str, names: Iterable[str]) -> dict[str, int]:
+        """Get-or-create column_t rows (cached per catalog instance)."""
+        out: dict[str, int] = {}
+        missing = []
+        with self._column_lock:
+            for n in names:
+                cid = self._column_ids.get((ontology_tag, n))
+                if cid is None:
+                    missing.append(n)
+                else:
+                    out[n] = cid
+        if missing:
+            stmt = pg_insert(column_t).values([{"column_name": n, "ontology_tag": ontology_tag} for n in missing])
+            stmt = stmt.on_conflict_do_update(index_elements=[column_t.c.column_name, column_t.c.ontology_tag],
+                                              set_={"column_name": stmt.excluded.column_name})
+            rows = conn.execute(stmt.returning(column_t.c.column_id, column_t.c.column_name)).all()
+            with self._column_lock:
+                for cid, n in rows:
+                    self._column_ids[(ontology_tag, n)] = cid
+                    out[n] = cid
+        return out
+
+    def insert_chunk(self, *, topic_id: int, ontology_tag: str, data_file: str, size_bytes: int,
+                     stats: ChunkStats, conn: Connection | None = None) -> int:
+        if conn is None:
+            with self.engine.begin() as c:
+                return self.insert_chunk(topic_id=topic_id, ontology_tag=ontology_tag, data_file=data_file,
+                                         size_bytes=size_bytes, stats=stats, conn=c)
+        chunk_id = conn.execute(chunk_t.insert().values(
+            chunk_uuid=uuidlib.uuid4(), topic_id=topic_id, data_file=data_file, size_bytes=size_bytes,
+            row_count=stats.row_count, arrow_size_bytes=stats.arrow_size_bytes,
+            start_timestamp_ns=stats.ts_min, end_timestamp_ns=stats.ts_max,
+        ).returning(chunk_t.c.chunk_id)).scalar_one()
+        ids = self.column_ids(conn, ontology_tag, [name for name, _ in stats.items()])
+        numeric, textual = [], []
+        for name, cs in stats.items():
+            row = {"column_id": ids[name], "chunk_id": chunk_id, **cs.row()}
+            (numeric if cs.kind == "numeric" else textual).append(row)
+        if numeric:
+            conn.execute(column_chunk_numeric_t.insert(), numeric)
+        if textual:
+            conn.execute(column_chunk_textual_t.insert(), textual)
+        return chunk_id
+
+    def chunks_of(self, topic_id: int, start: int | None = None, end: int | None = None) -> list[RowMapping]:
+        q = sa.select(chunk_t).where(chunk_t.c.topic_id == topic_id)
+        if start is not None:
+            q = q.where(sa.or_(chunk_t.c.end_timestamp_ns.is_(None), chunk_t.c.end_timestamp_ns >= start))
+        if end is not None:
+            q = q.where(sa.or_(chunk_t.c.start_timestamp_ns.is_(None), chunk_t.c.start_timestamp_ns < end))
+        with self.engine.connect() as conn:
+            return list(conn.execute(q.order_by(chunk_t.c.chunk_id)).mappings())
+
+    def data_info(self, topic_ids: Sequence[int]) -> dict[int, RowMapping]:
+        """Whole-topic totals (chunks, bytes, rows, arrow bytes) per topic id."""
+        if not topic_ids:
+            return {}
+        q = (sa.select(chunk_t.c.topic_id, sa.func.count().label("chunks"),
+                       sa.func.coalesce(sa.func.sum(chunk_t.c.size_bytes), 0).label("bytes"),
+                       sa.func.coalesce(sa.func.sum(chunk_t.c.row_count), 0).label("rows"),
+                       sa.func.coalesce(sa.func.sum(sa.func.coalesce(chunk_t.c.arrow_size_bytes,
+                                                                     chunk_t.c.size_bytes)), 0).label("arrow_bytes"))
+             .where(chunk_t.c.topic_id.in_(list(topic_ids))).group_by(chunk_t.c.topic_id))
+        with self.engine.connect() as conn:
+            return {r["topic_id"]: r for r in conn.execute(q).mappings()}
+
+    # -- notifications ------------------------------------------------------------------------
+    def add_notification(self, kind: str, owner_id: int, notification_type: str, msg: str, now_ns: int) -> None:
+        table, id_col, uuid_col = self._notification_table(kind)
+        with self.engine.begin() as conn:
+            conn.execute(table.insert().values({id_col: owner_id, uuid_col: uuidlib.uuid4(),
+                                                "notification_type": notification_type, "msg": msg,
+                                                "creation_unix_tstamp": now_ns}))
+
+    def notifications(self, kind: str, owner_id: int) -> list[RowMapping]:
+        table, id_col, _ = self._notification_table(kind)
+        pk = table.c[f"{kind}_notification_id"]
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(table).where(table.c[id_col] == owner_id)
+                                     .order_by(table.c.creation_unix_tstamp, pk)).mappings())
+
+    def purge_notifications(self, kind: str, owner_id: int) -> None:
+        table, id_col, _ = self._notification_table(kind)
+        with self.engine.begin() as conn:
+            conn.execute(table.delete().where(table.c[id_col] == owner_id))
+
+    @staticmethod
+    def _notification_table(kind: str) -> tuple[sa.Table, str, str]:
+        if kind == "sequence":
+            return sequence_notification_t, "sequence_id", "sequence_notification_uuid"
+        return topic_notification_t, "topic_id", "topic_notification_uuid"
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _one(self, conn: Connection | None, query: sa.Select) -> RowMapping | None:
+        if conn is not None:
+            return conn.execute(query).mappings().first()
+        with self.engine.connect() as c:
+            return c.execute(query).mappings().first()

@@ -1,0 +1,1 @@
+"""Sub-commands of the `mosaicod` CLI (each module: register(subparsers))."""

@@ -1,0 +1,51 @@
+"""`mosaicod serve`: run the Arrow Flight server."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import cli, logs
+from ..catalog.db import CatalogUnavailable
+from ..store.objstore import StoreUnavailable
+
+HELP = """\
+Run the mosaicod Arrow Flight server.
+
+With no database URL (MOSAICOD_DB_URL) an embedded PostgreSQL is started (or joined) under
+<data-dir>/postgres; with no store endpoint (MOSAICOD_STORE_ENDPOINT) data is kept under
+<data-dir>/store.  Catalog migrations are applied at start.  Stop with Ctrl-C or SIGTERM.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the Flight server", description=HELP,
+                       formatter_class=cli.Formatter, epilog=cli.EPILOG)
+    p.add_argument("--host", help="address to listen on (env: MOSAICOD_HOST; default: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (env: MOSAICOD_PORT; default: 6726)")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve /healthz and /metrics over HTTP on this port (env: MOSAICOD_METRICS_PORT; "
+                        "default: off)")
+    cli.add_config_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..runtime import Runtime, build_server
+
+    settings = cli.settings_from_args(args)
+    log = logs.get("mosaicod.serve")
+    try:
+        runtime = Runtime.open(settings)
+    except (CatalogUnavailable, StoreUnavailable) as exc:
+        return cli.fail(str(exc))
+    try:
+        server = build_server(runtime)
+        log.info("mosaicod listening", address=f"{settings.host}:{server.port}",
+                 tls=settings.tls_enabled, api_keys=settings.api_key_enabled,
+                 catalog="embedded" if not settings.db_url else "external", store=runtime.store.url)
+        log.debug("settings", **settings.redacted())
+        server.serve()
+        log.info("mosaicod stopped")
+        return 0
+    finally:
+        runtime.close()

@@ -1,0 +1,72 @@
+"""Assembling a running mosaicod: catalog + store + service + Flight server (used by `serve`
+and by the tests, which run the same server in-process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow.flight as flight
+from sqlalchemy.engine import Engine
+
+from .catalog import db
+from .catalog.repo import Catalog
+from .config import ConfigError, Settings
+from .server import MosaicoFlightServer
+from .service import Mosaico
+from .store.objstore import ObjectStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    store: ObjectStore
+    catalog: Catalog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.catalog = Catalog(self.engine)
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Runtime":
+        """Connect the catalog (migrating it) and the store; raise CatalogUnavailable /
+        StoreUnavailable with a one-line reason when either cannot be reached."""
+        engine = db.connect(settings)
+        try:
+            store = ObjectStore.from_settings(settings)
+        except Exception:
+            engine.dispose()
+            raise
+        return cls(settings, engine, store)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def server_middleware(settings: Settings, runtime: Runtime) -> dict[str, flight.ServerMiddlewareFactory]:
+    middleware: dict[str, flight.ServerMiddlewareFactory] = {}
+    if settings.api_key_enabled:
+        from .auth import AuthMiddlewareFactory
+
+        middleware["auth"] = AuthMiddlewareFactory(runtime.engine)
+    return middleware
+
+
+def build_server(runtime: Runtime, *, host: str | None = None, port: int | None = None) -> MosaicoFlightServer:
+    settings = runtime.settings
+    host = host or settings.host
+    port = settings.port if port is None else port
+    kwargs: dict = {}
+    scheme = "grpc"
+    if settings.tls_enabled:
+        from .tls import server_tls_kwargs
+
+        kwargs.update(server_tls_kwargs(settings))
+        scheme = "grpc+tls"
+    location = f"{scheme}://{host}:{port}"
+    try:
+        return MosaicoFlightServer(Mosaico(settings, runtime.catalog, runtime.store), location,
+                                   middleware=server_middleware(settings, runtime), **kwargs)
+    except (OSError, flight.FlightError, Exception) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None

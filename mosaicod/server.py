@@ -1,0 +1,208 @@
+"""Arrow Flight endpoints.  Thin: parse the wire format, check permissions, dispatch to
+``service.Mosaico``, convert errors through the one table in ``errors``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from . import errors
+from .logs import get as get_logger
+from .permissions import ACTION_PERMISSIONS, RPC_PERMISSIONS, Permission, camel
+from .service import Mosaico, Ticket, parse_json_object
+
+log = get_logger(__name__)
+
+ALL_PERMISSIONS = Permission.READ | Permission.WRITE | Permission.DELETE
+
+
+def _convert(exc: BaseException, rpc: str) -> BaseException:
+    if isinstance(exc, errors.MosaicoError):
+        return errors.to_flight(exc)
+    if isinstance(exc, (flight.FlightError, NotImplementedError)):
+        return exc
+    log.exception("internal error", rpc=rpc)
+    return flight.FlightInternalError(f"Internal error: {type(exc).__name__}: {exc}")
+
+
+def endpoint(rpc: str) -> Callable:
+    """Convert every failure of an endpoint into the Flight error of its kind."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(self, context, *args):
+            try:
+                return fn(self, context, *args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised as a Flight error
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                raise _convert(exc, rpc) from None
+        return inner
+    return wrap
+
+
+def _guard_stream(it: Iterator, rpc: str) -> Iterator:
+    """Errors raised while streaming also go through the error table."""
+    try:
+        yield from it
+    except BaseException as exc:  # noqa: BLE001
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise _convert(exc, rpc) from None
+
+
+def _result(action: str, payload: Any) -> flight.Result:
+    return flight.Result(json.dumps({"action": action, "response": payload}).encode())
+
+
+class MosaicoFlightServer(flight.FlightServerBase):
+    def __init__(self, service: Mosaico, location: str, *,
+                 middleware: dict[str, flight.ServerMiddlewareFactory] | None = None,
+                 **flight_kwargs: Any):
+        super().__init__(location, middleware=middleware or None, **flight_kwargs)
+        self.service = service
+        self._actions: dict[str, Callable[[dict], Any]] = {
+            "info": service.info,
+            "sequence_create": service.sequence_create,
+            "session_create": service.session_create,
+            "topic_create": service.topic_create,
+            "session_finalize": service.session_finalize,
+            "session_delete": service.session_delete,
+            "sequence_delete": service.sequence_delete,
+            "topic_delete": service.topic_delete,
+            "sequence_notification_create": functools.partial(service.notification_create, "sequence"),
+            "topic_notification_create": functools.partial(service.notification_create, "topic"),
+            "sequence_notification_list": functools.partial(service.notification_list, "sequence"),
+            "topic_notification_list": functools.partial(service.notification_list, "topic"),
+            "sequence_notification_purge": functools.partial(service.notification_purge, "sequence"),
+            "topic_notification_purge": functools.partial(service.notification_purge, "topic"),
+            "query": self._query,
+        }
+        self._streaming_actions = {"topic_filter_clusterize": self._clusterize,
+                                   "topic_filter_intersect": self._intersect}
+
+    # -- permissions --------------------------------------------------------------------------
+    @staticmethod
+    def _require(context: flight.ServerCallContext, needed: Permission, action: str | None = None) -> None:
+        mw = context.get_middleware("auth")
+        granted = getattr(mw, "permissions", ALL_PERMISSIONS) if mw is not None else ALL_PERMISSIONS
+        if needed & ~granted:
+            if action is not None:
+                raise errors.unauthorized(
+                    f"provided API key has not enough permissions to execute {camel(action)} action")
+            names = "/".join(p.name for p in (Permission.READ, Permission.WRITE, Permission.DELETE) if p & needed)
+            raise errors.unauthorized(f"provided API key does not have {names} permissions")
+
+    # -- actions ------------------------------------------------------------------------------
+    @endpoint("do_action")
+    def do_action(self, context, action: flight.Action):
+        name = action.type
+        handler = self._actions.get(name)
+        streaming = self._streaming_actions.get(name)
+        if handler is None and streaming is None:
+            raise errors.bad_request(f"no available action for string `{name}`")
+        self._require(context, ACTION_PERMISSIONS[name], name)
+        body = parse_json_object(action.body.to_pybytes())
+        if streaming is not None:
+            return _guard_stream(
+                (flight.Result(json.dumps({"action": name, "response": item}).encode() + b"\n")
+                 for item in streaming(body)), name)
+        return [_result(name, handler(body))]
+
+    def list_actions(self, context):
+        return [(name, f"mosaicod action {name}") for name in [*self._actions, *self._streaming_actions]]
+
+    def _query(self, body: dict) -> dict:
+        from .query import run_query
+
+        return run_query(self.service.catalog.engine, self.service.store, body)
+
+    def _clusterize(self, body: dict) -> Iterator[dict]:
+        from .query import clusterize
+
+        return clusterize(self.service.catalog.engine, self.service.store, body)
+
+    def _intersect(self, body: dict) -> Iterator[dict]:
+        from .query import intersect
+
+        return intersect(self.service.catalog.engine, self.service.store, body)
+
+    # -- uploads ------------------------------------------------------------------------------
+    @endpoint("do_put")
+    def do_put(self, context, descriptor: flight.FlightDescriptor, reader: flight.MetadataRecordBatchReader,
+               writer: flight.FlightMetadataWriter):
+        self._require(context, RPC_PERMISSIONS["do_put"])
+        if descriptor.descriptor_type != flight.DescriptorType.CMD:
+            raise errors.bad_request("Unsupported descriptor: expected a command descriptor")
+        upload = self.service.begin_upload(descriptor.command, reader.schema)
+        started = time.monotonic()
+        try:
+            while True:
+                try:
+                    chunk = reader.read_chunk()
+                except StopIteration:
+                    break
+                if chunk.data is None:
+                    raise errors.MosaicoError(errors.Kind.ABORTED, "Unsupported stream message, stream aborted")
+                upload.write(chunk.data)
+            upload.finish()
+        except BaseException:
+            upload.abort()
+            raise
+        log.info("upload finished", topic=upload.topic["locator_name"], rows=upload.rows,
+                 bytes=upload.bytes_in, seconds=round(time.monotonic() - started, 3))
+
+    # -- reads --------------------------------------------------------------------------------
+    @endpoint("get_flight_info")
+    def get_flight_info(self, context, descriptor: flight.FlightDescriptor):
+        self._require(context, RPC_PERMISSIONS["get_flight_info"])
+        if descriptor.descriptor_type != flight.DescriptorType.CMD:
+            raise errors.bad_request("Unsupported descriptor: expected a command descriptor")
+        res, window = self.service.resolve(descriptor.command)
+        if res.kind == "sequence":
+            app, endpoints = self.service.sequence_view(res.locator, window)
+            schema = pa.schema([])
+        else:
+            schema, ep = self.service.topic_view(res.locator, window)
+            app, endpoints = {"resource_locator": res.locator}, [ep]
+        return flight.FlightInfo(
+            schema, descriptor,
+            [flight.FlightEndpoint(ticket, [], app_metadata=json.dumps(meta).encode())
+             for ticket, meta in endpoints],
+            -1, -1, app_metadata=json.dumps(app).encode())
+
+    @endpoint("get_schema")
+    def get_schema(self, context, descriptor: flight.FlightDescriptor):
+        self._require(context, RPC_PERMISSIONS["get_schema"])
+        if descriptor.descriptor_type != flight.DescriptorType.CMD:
+            raise errors.bad_request("Unsupported descriptor: expected a command descriptor")
+        from . import locators
+
+        cmd = parse_json_object(descriptor.command, "command")
+        raw = cmd.get("resource_locator")
+        topic = self.service.catalog.topic(locators.topic(raw))
+        return flight.SchemaResult(self.service.topic_schema(topic))
+
+    @endpoint("do_get")
+    def do_get(self, context, ticket: flight.Ticket):
+        self._require(context, RPC_PERMISSIONS["do_get"])
+        schema, batches = self.service.read(Ticket.decode(ticket.ticket))
+        return flight.GeneratorStream(schema, _guard_stream(batches, "do_get"))
+
+    @endpoint("list_flights")
+    def list_flights(self, context, criteria: bytes):
+        self._require(context, RPC_PERMISSIONS["list_flights"])
+        if criteria not in (b"", b"/", None):
+            raise errors.bad_request("Unsupported descriptor: ListFlights accepts only an empty criteria")
+        empty = pa.schema([])
+        return [flight.FlightInfo(empty, flight.FlightDescriptor.for_path(name),
+                                  [flight.FlightEndpoint(name.encode(), [])], -1, -1)
+                for name in self.service.catalog.sequence_names()]
+
+    def do_exchange(self, context, descriptor, reader, writer):
+        raise NotImplementedError("Unimplemented: DoExchange is not supported by mosaicod")

@@ -1,0 +1,422 @@
+"""Business logic behind the Flight endpoints: actions, uploads (do_put) and reads.
+
+The server (mosaicod/server.py) only parses the wire format and dispatches here.  Order of
+effects: catalog first for creations (so cleanup never sees an unreferenced fresh folder),
+store files right after; deletions commit in the catalog, then mark store folders TO_DELETE.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid as uuidlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__, errors, locators
+from .catalog.repo import Catalog
+from .config import Settings
+from .logs import get as get_logger
+from .store import layout
+from .store.chunks import SERIALIZATION_FORMATS, TS, ChunkInfo, ChunkWriter, open_parquet, read_topic
+from .store.objstore import ObjectStore
+
+log = get_logger(__name__)
+
+NOTIFICATION_TYPES = ("error",)
+MAX_ONTOLOGY_TAG = 256
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+# -- request parsing helpers ------------------------------------------------------------------
+
+def parse_json_object(raw: bytes, what: str = "body") -> dict:
+    try:
+        doc = json.loads(raw.decode("utf-8")) if raw else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.bad_request(f"{what} deserialization error: {exc}") from None
+    if not isinstance(doc, dict):
+        raise errors.bad_request(f"{what} deserialization error: expected a JSON object")
+    return doc
+
+
+def field(body: dict, key: str, kind: type | tuple[type, ...] = str, *, optional: bool = False) -> Any:
+    if key not in body or body[key] is None:
+        if optional:
+            return None
+        raise errors.bad_request(f"body deserialization error: missing field `{key}`")
+    value = body[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise errors.bad_request(f"body deserialization error: field `{key}` must be {names}, "
+                                 f"got {type(value).__name__}")
+    return value
+
+
+def _metadata(body: dict) -> Any:
+    md = body.get("user_metadata")
+    if md is None:
+        return {}
+    if not isinstance(md, dict):
+        raise errors.bad_request("body deserialization error: field `user_metadata` must be a JSON object")
+    locators.validate_user_metadata(md)
+    return md
+
+
+def _window(start: Any, end: Any) -> tuple[int | None, int | None]:
+    for name, v in (("timestamp_ns_start", start), ("timestamp_ns_end", end)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise errors.bad_request(f"`{name}` must be an integer (nanoseconds)")
+    if start is not None and end is not None and start >= end:
+        raise errors.bad_request(f"bad timestamp range: start ({start}) must be lower than end ({end})")
+    return start, end
+
+
+def interval(lo: int | None, hi: int | None) -> dict | None:
+    return None if lo is None or hi is None else {"start_ns": int(lo), "end_ns": int(hi)}
+
+
+@dataclass
+class Ticket:
+    locator: str
+    start: int | None
+    end: int | None
+
+    def encode(self) -> bytes:
+        return json.dumps({"locator": self.locator, "start": self.start, "end": self.end}).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Ticket":
+        doc = parse_json_object(raw, "ticket")
+        locator = locators.topic(field(doc, "locator"))
+        start, end = _window(doc.get("start"), doc.get("end"))
+        return cls(locator, start, end)
+
+
+class Mosaico:
+    """One instance per server process; stateless across calls apart from caches."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, store: ObjectStore):
+        self.settings = settings
+        self.catalog = catalog
+        self.store = store
+
+    # ------------------------------------------------------------------------------------------
+    # actions
+    def info(self, _body: dict) -> dict:
+        major, minor, patch = (int(p) for p in __version__.split(".")[:3])
+        return {"version": __version__,
+                "semver": {"major": major, "minor": minor, "patch": patch, "pre": None},
+                "config": {"grpc_max_decode_message_size": self.settings.max_grpc_decode_message_size,
+                           "grpc_max_encode_message_size": 512 * 1024 * 1024,
+                           "grpc_target_encode_message_size": self.settings.target_grpc_encode_message_size}}
+
+    def sequence_create(self, body: dict) -> None:
+        locator = locators.sequence(field(body, "locator"))
+        metadata = _metadata(body)
+        uuid, folder, created = uuidlib.uuid4(), layout.new_sequence_folder(), now_ns()
+        seq_id = self.catalog.create_sequence(locator=locator, uuid=uuid, user_metadata=metadata,
+                                              path_in_store=folder, created_at_ns=created)
+        doc = layout.sequence_metadata_doc(locator=locator, uuid=str(uuid), created_at_ns=created,
+                                           user_metadata=metadata)
+        self._store_write_or_undo(layout.metadata_key(folder), doc,
+                                  lambda: self.catalog.delete_sequence_row(seq_id))
+
+    def session_create(self, body: dict) -> dict:
+        seq = self.catalog.sequence(locators.sequence(field(body, "locator")))
+        uuid, created = uuidlib.uuid4(), now_ns()
+        locator = f"{seq['locator_name']}:{layout.new_ulid()}"
+        self.catalog.create_session(sequence_id=seq["sequence_id"], uuid=uuid, locator=locator,
+                                    created_at_ns=created)
+        doc = layout.session_doc(locator=locator, uuid=str(uuid), created_at_ns=created, completed_at_ns=None)
+        self._store_write_or_undo(layout.session_key(seq["path_in_store"], locator), doc,
+                                  lambda: self.catalog.delete_session(locator))
+        return {"uuid": str(uuid), "locator": locator}
+
+    def topic_create(self, body: dict) -> dict:
+        session_uuid = locators.parse_uuid(field(body, "session_uuid"))
+        locator = locators.topic(field(body, "locator"))
+        fmt = field(body, "serialization_format")
+        if fmt not in SERIALIZATION_FORMATS:
+            raise errors.bad_request(f"invalid serialization format `{fmt}` "
+                                     f"(expected one of {', '.join(SERIALIZATION_FORMATS)})")
+        tag = field(body, "ontology_tag")
+        if (not tag or len(tag) > MAX_ONTOLOGY_TAG or not tag.isascii() or "." in tag
+                or any(c.isspace() for c in tag)):
+            raise errors.bad_request(f"invalid ontology tag `{tag[:80]}`: must be non-empty ASCII "
+                                     "without '.' or whitespace")
+        metadata = _metadata(body)
+        uuid = uuidlib.uuid4()
+        self.catalog.create_topic(session_uuid=session_uuid, locator=locator, uuid=uuid,
+                                  serialization_format=fmt, ontology_tag=tag, user_metadata=metadata,
+                                  created_at_ns=now_ns(), sequence_locator=locators.topic_sequence(locator))
+        return {"uuid": str(uuid)}
+
+    def session_finalize(self, body: dict) -> None:
+        session_uuid = locators.parse_uuid(field(body, "session_uuid"))
+        completed = now_ns()
+        sess = self.catalog.finalize_session(session_uuid, completed)
+        self.store.put_json(layout.session_key(sess["sequence_folder"], sess["locator_name"]),
+                            layout.session_doc(locator=sess["locator_name"], uuid=str(sess["session_uuid"]),
+                                               created_at_ns=sess["creation_unix_tstamp"],
+                                               completed_at_ns=completed))
+
+    def session_delete(self, body: dict) -> None:
+        locator = locators.session(field(body, "locator"))
+        sess, folders = self.catalog.delete_session(locator)
+        self.store.delete(layout.session_key(sess["sequence_folder"], locator))
+        self._mark_deleted(folders)
+
+    def sequence_delete(self, body: dict) -> None:
+        locator = locators.sequence(field(body, "locator"))
+        folders = self.catalog.delete_sequence(locator)
+        if folders is None:
+            raise errors.not_found(f"Sequence `{locator}`")
+        self._mark_deleted(folders)
+
+    def topic_delete(self, body: dict) -> None:
+        folder = self.catalog.delete_topic(locators.topic(field(body, "locator")))
+        self._mark_deleted([folder] if folder else [])
+
+    def _notification_owner(self, kind: str, body: dict) -> int:
+        if kind == "sequence":
+            return self.catalog.sequence(locators.sequence(field(body, "locator")))["sequence_id"]
+        return self.catalog.topic(locators.topic(field(body, "locator")))["topic_id"]
+
+    def notification_create(self, kind: str, body: dict) -> None:
+        owner = self._notification_owner(kind, body)
+        ntype = field(body, "notification_type")
+        if ntype not in NOTIFICATION_TYPES:
+            raise errors.bad_request(f"invalid notification type `{ntype}`")
+        msg = field(body, "msg")
+        self.catalog.add_notification(kind, owner, ntype, msg, now_ns())
+
+    def notification_list(self, kind: str, body: dict) -> dict:
+        try:
+            owner = self._notification_owner(kind, body)
+        except errors.MosaicoError as exc:
+            if exc.kind is errors.Kind.NOT_FOUND:
+                return {"notifications": []}
+            raise
+        name = locators.sequence(body["locator"]) if kind == "sequence" else locators.topic(body["locator"])
+        return {"notifications": [
+            {"name": name, "notification_type": n["notification_type"], "msg": n["msg"] or "",
+             "created_datetime": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(n["creation_unix_tstamp"] // 10**9))
+             + f".{(n['creation_unix_tstamp'] // 1000) % 10**6:06d} UTC"}
+            for n in self.catalog.notifications(kind, owner)]}
+
+    def notification_purge(self, kind: str, body: dict) -> None:
+        self.catalog.purge_notifications(kind, self._notification_owner(kind, body))
+
+    # ------------------------------------------------------------------------------------------
+    # store helpers
+    def _store_write_or_undo(self, key: str, doc: Any, undo: Callable[[], Any]) -> None:
+        try:
+            self.store.put_json(key, doc)
+        except Exception as exc:
+            log.error("store write failed; undoing catalog change", key=key, error=str(exc))
+            try:
+                undo()
+            finally:
+                raise errors.internal(f"could not write `{key}` to the store: {exc}") from None
+
+    def _mark_deleted(self, folders: list[str]) -> None:
+        for folder in folders:
+            try:
+                self.store.put_bytes(layout.to_delete_key(folder), b"")
+            except Exception as exc:  # the catalog is authoritative; cleanup marks it later
+                log.warning("could not write TO_DELETE marker", folder=folder, error=str(exc))
+
+    # ------------------------------------------------------------------------------------------
+    # uploads
+    def begin_upload(self, command: bytes, schema: pa.Schema) -> "Upload":
+        cmd = parse_json_object(command, "command")
+        locator = locators.topic(field(cmd, "resource_locator"))
+        topic_uuid = locators.parse_uuid(field(cmd, "topic_uuid"))
+        idx = schema.get_field_index(TS)
+        if idx < 0:
+            raise errors.bad_request("missing timestamp field in schema: a `timestamp_ns` int64 column is required")
+        if schema.field(idx).type != pa.int64():
+            raise errors.bad_request(f"wrong timestamp field type, expected int64, got {schema.field(idx).type}")
+        topic = self.catalog.topic(locator)
+        folder = layout.new_topic_folder()
+        self.catalog.start_upload(topic["topic_id"], topic_uuid, locator, folder, schema.serialize().to_pybytes())
+        try:
+            self.store.put_json(layout.metadata_key(folder), self._topic_doc(topic, None))
+            self.store.put_bytes(layout.schema_key(folder), schema.serialize().to_pybytes())
+        except Exception as exc:
+            self.catalog.reset_upload(topic["topic_id"])
+            raise errors.internal(f"could not start the upload in the store: {exc}") from None
+        return Upload(self, topic, folder, schema)
+
+    def _topic_doc(self, topic, completed_at_ns: int | None) -> dict:
+        return layout.topic_metadata_doc(
+            locator=topic["locator_name"], session_locator=topic["session_locator"],
+            created_at_ns=topic["creation_unix_tstamp"], completed_at_ns=completed_at_ns,
+            serialization_format=topic["serialization_format"], ontology_tag=topic["ontology_tag"],
+            user_metadata=topic["user_metadata"], topic_uuid=str(topic["topic_uuid"]),
+            session_uuid=str(topic["session_uuid"]), sequence_folder=topic["sequence_folder"])
+
+    # ------------------------------------------------------------------------------------------
+    # reads
+    def resolve(self, command: bytes):
+        cmd = parse_json_object(command, "command")
+        res = locators.resource(field(cmd, "resource_locator"))
+        window = _window(cmd.get("timestamp_ns_start"), cmd.get("timestamp_ns_end"))
+        return res, window
+
+    @staticmethod
+    def topic_schema(topic) -> pa.Schema:
+        raw = topic["arrow_schema"]
+        return pa.ipc.read_schema(pa.py_buffer(raw)) if raw else pa.schema([])
+
+    def sequence_view(self, locator: str, window) -> tuple[dict, list[tuple[bytes, dict]]]:
+        seq = self.catalog.sequence(locator)
+        sessions = self.catalog.sessions_of(seq["sequence_id"])
+        topics = self.catalog.topics_of_sequence(seq["sequence_id"])
+        infos = self.catalog.data_info([t["topic_id"] for t in topics])
+        by_session: dict[int, list[str]] = {}
+        for t in topics:
+            by_session.setdefault(t["session_id"], []).append(t["locator_name"])
+        app = {"resource_locator": seq["locator_name"], "created_at_ns": seq["creation_unix_tstamp"],
+               "user_metadata": seq["user_metadata"] if seq["user_metadata"] is not None else {},
+               "sessions": [{"locator": s["locator_name"], "created_at_ns": s["creation_unix_tstamp"],
+                             "completed_at_ns": s["completion_unix_tstamp"],
+                             "locked": s["completion_unix_tstamp"] is not None,
+                             "topics": by_session.get(s["session_id"], [])} for s in sessions]}
+        endpoints = [self.topic_endpoint(t, infos.get(t["topic_id"]), window) for t in topics]
+        return app, endpoints
+
+    def topic_view(self, locator: str, window) -> tuple[pa.Schema, tuple[bytes, dict]]:
+        topic = self.catalog.topic(locator)
+        info = self.catalog.data_info([topic["topic_id"]]).get(topic["topic_id"])
+        return self.topic_schema(topic), self.topic_endpoint(topic, info, window)
+
+    def topic_endpoint(self, topic, info, window) -> tuple[bytes, dict]:
+        start, end = window
+        meta = {
+            "created_at_ns": topic["creation_unix_tstamp"],
+            "completed_at_ns": topic["completion_unix_tstamp"],
+            "locked": topic["completion_unix_tstamp"] is not None,
+            "resource_locator": topic["locator_name"],
+            "ontology_tag": topic["ontology_tag"],
+            "serialization_format": topic["serialization_format"],
+            "user_metadata": topic["user_metadata"] if topic["user_metadata"] is not None else {},
+            "session_locator": topic["session_locator"],
+            "data_info": {
+                "interval": None, "total_row_count": int(info["rows"]) if info else 0,
+                "total_bytes": int(info["bytes"]) if info else 0,
+                "total_chunks_count": int(info["chunks"]) if info else 0},
+            "time_window_info": None,
+        }
+        chunks = None
+        if info and info["rows"]:
+            lo, hi = topic["start_index_timestamp"], topic["end_index_timestamp"]
+            if lo is None:  # still uploading: range from the chunks indexed so far
+                chunks = self.catalog.chunks_of(topic["topic_id"])
+                lo = min(c["start_timestamp_ns"] for c in chunks)
+                hi = max(c["end_timestamp_ns"] for c in chunks)
+            meta["data_info"]["interval"] = interval(lo, hi)
+        if start is not None or end is not None:
+            meta["time_window_info"] = self._window_info(topic, start, end)
+        return Ticket(topic["locator_name"], start, end).encode(), meta
+
+    def _window_info(self, topic, start: int | None, end: int | None) -> dict:
+        rows, lo, hi = 0, None, None
+        for c in self.catalog.chunks_of(topic["topic_id"], start, end):
+            c_lo, c_hi = c["start_timestamp_ns"], c["end_timestamp_ns"]
+            if c_lo is None:
+                continue
+            inside = (start is None or c_lo >= start) and (end is None or c_hi < end)
+            if inside:
+                n, a, b = c["row_count"], c_lo, c_hi
+            else:
+                n, a, b = self._count_in_file(c["data_file"], start, end)
+            if n:
+                rows += n
+                lo = a if lo is None else min(lo, a)
+                hi = b if hi is None else max(hi, b)
+        return {"interval": interval(lo, hi), "row_count": rows}
+
+    def _count_in_file(self, key: str, start, end) -> tuple[int, int | None, int | None]:
+        pf = open_parquet(self.store, key)
+        n, lo, hi = 0, None, None
+        for batch in pf.iter_batches(columns=[TS], batch_size=1 << 20):
+            ts = batch.column(0).to_numpy(zero_copy_only=False)
+            mask = np.ones(len(ts), dtype=bool)
+            if start is not None:
+                mask &= ts >= start
+            if end is not None:
+                mask &= ts < end
+            sel = ts[mask]
+            if len(sel):
+                n += len(sel)
+                lo = int(sel.min()) if lo is None else min(lo, int(sel.min()))
+                hi = int(sel.max()) if hi is None else max(hi, int(sel.max()))
+        return n, lo, hi
+
+    def read(self, ticket: Ticket) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        topic = self.catalog.topic(ticket.locator)
+        schema = self.topic_schema(topic)
+        chunks = self.catalog.chunks_of(topic["topic_id"], ticket.start, ticket.end)
+        if not chunks:
+            return schema, iter(())
+        rows = sum(c["row_count"] for c in chunks) or 1
+        arrow_bytes = sum(c["arrow_size_bytes"] or c["size_bytes"] for c in chunks)
+        per_row = max(1, arrow_bytes // rows)
+        batch_rows = max(1, min(self.settings.max_batch_size,
+                                self.settings.target_grpc_encode_message_size // per_row))
+        files = [c["data_file"] for c in chunks]
+        return schema, read_topic(self.store, files, schema, ticket.start, ticket.end, batch_rows=batch_rows)
+
+
+class Upload:
+    """One DoPut stream: batches go to rolling Parquet chunks, each indexed as it closes."""
+
+    def __init__(self, service: Mosaico, topic, folder: str, schema: pa.Schema):
+        self.service = service
+        self.topic = topic
+        self.folder = folder
+        self.schema = schema
+        s = service.settings
+        self.writer = ChunkWriter(service.store, folder, schema, topic["serialization_format"],
+                                  max_chunk_size=s.max_chunk_size, row_group_bytes=s.row_group_size,
+                                  on_chunk=self._index_chunk)
+        self.rows = 0
+        self.bytes_in = 0
+
+    def _index_chunk(self, chunk: ChunkInfo) -> None:
+        self.service.catalog.insert_chunk(topic_id=self.topic["topic_id"], ontology_tag=self.topic["ontology_tag"],
+                                          data_file=chunk.data_file, size_bytes=chunk.size_bytes,
+                                          stats=chunk.stats)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if not batch.schema.equals(self.schema, check_metadata=False):
+            raise errors.MosaicoError(errors.Kind.ABORTED,
+                                      "Unsupported stream message, stream aborted: the batch schema differs "
+                                      "from the schema sent at the start of the upload")
+        self.rows += batch.num_rows
+        self.bytes_in += batch.nbytes
+        self.writer.write(batch)
+
+    def finish(self) -> None:
+        chunks = self.writer.close()
+        completed = now_ns()
+        svc = self.service
+        svc.catalog.finalize_topic(self.topic["topic_id"], completed)
+        svc.store.put_json(layout.metadata_key(self.folder), svc._topic_doc(self.topic, completed))
+        lo = min((c.stats.ts_min for c in chunks if c.stats.ts_min is not None), default=None)
+        hi = max((c.stats.ts_max for c in chunks if c.stats.ts_max is not None), default=None)
+        svc.store.put_json(layout.commit_key(self.folder), layout.commit_doc(
+            state="finalized", committed_at_ns=completed, row_count=sum(c.row_count for c in chunks),
+            timestamp_range=(lo, hi) if lo is not None else None,
+            files=[c.commit_entry() for c in chunks]))
+
+    def abort(self) -> None:
+        self.writer.abort()

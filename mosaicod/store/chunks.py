@@ -1,0 +1,345 @@
+"""Parquet chunks of a topic: the streaming writer used by ingest (and the optimizer) and the
+time-ordered reader used by do_get, clusterize and the optimizer.
+
+Writer: incoming batches are buffered up to ``row_group_bytes`` of Arrow data, sorted by
+``timestamp_ns`` (stable) and written as one row group to the open chunk file; the file is closed
+and a new one started once it reaches ``max_chunk_size`` bytes.  Each closed chunk is reported
+(with its statistics) through ``on_chunk`` so the catalog can index it right away.  Memory is
+bounded by one row group plus the batch being received, whatever the size of the topic.
+
+Reader: every row group is a sorted run.  Runs whose time ranges do not overlap are streamed one
+after the other; overlapping runs are merged with a bounded k-way merge (only the runs that
+overlap the current position are open).  The half-open window ``[start, end)`` is applied by
+binary search on the sorted timestamps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import layout
+from .objstore import ObjectStore
+from .stats import ChunkStats
+
+TS = "timestamp_ns"
+
+SERIALIZATION_FORMATS = ("default", "ragged", "image")
+
+
+def parquet_options(schema: pa.Schema, serialization_format: str) -> dict:
+    """pyarrow.parquet writer options per serialization format (STORAGE_AND_QUERY.md §2.4.3)."""
+    common = {"version": "2.6", "data_page_version": "2.0", "write_page_index": True,
+              "store_schema": True}
+    if serialization_format == "default":
+        return {**common, "compression": "lz4", "use_dictionary": True, "write_statistics": True}
+    others = [f.name for f in schema if f.name != TS]
+    compression = {name: "zstd" for name in others}
+    compression[TS] = "none"
+    return {**common, "compression": compression, "compression_level": {n: 5 for n in others},
+            "use_dictionary": False, "write_statistics": [TS]}
+
+
+@dataclass
+class ChunkInfo:
+    index: int
+    data_file: str  # key relative to the store root
+    size_bytes: int
+    stats: ChunkStats
+
+    @property
+    def row_count(self) -> int:
+        return self.stats.row_count
+
+    def commit_entry(self) -> dict:
+        return {"name": layout.data_file_name(self.index), "size_bytes": self.size_bytes,
+                "row_count": self.stats.row_count, "arrow_size_bytes": self.stats.arrow_size_bytes}
+
+
+def _is_sorted(ts: pa.Array) -> bool:
+    if len(ts) < 2:
+        return True
+    a = ts.to_numpy(zero_copy_only=False)
+    return bool(np.all(a[1:] >= a[:-1]))
+
+
+def sort_by_timestamp(table: pa.Table) -> pa.Table:
+    ts = table.column(TS).combine_chunks() if table.num_rows else None
+    if ts is None or _is_sorted(ts):
+        return table
+    return table.take(pc.sort_indices(table, sort_keys=[(TS, "ascending")]))
+
+
+class ChunkWriter:
+    """Streams the batches of one topic upload into rolling Parquet chunk files."""
+
+    def __init__(self, store: ObjectStore, folder: str, schema: pa.Schema, serialization_format: str,
+                 *, max_chunk_size: int, row_group_bytes: int,
+                 on_chunk: Callable[[ChunkInfo], None] | None = None, first_index: int = 0):
+        self.store = store
+        self.folder = folder
+        self.schema = schema
+        self.options = parquet_options(schema, serialization_format)
+        self.max_chunk_size = max_chunk_size
+        self.row_group_bytes = row_group_bytes
+        self.on_chunk = on_chunk
+        self.chunks: list[ChunkInfo] = []
+        self._next_index = first_index
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._sink = None
+        self._current: ChunkInfo | None = None
+
+    # -- public -------------------------------------------------------------------------------
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        self._buffer.append(batch)
+        self._buffered += batch.nbytes
+        if self._buffered >= self.row_group_bytes:
+            self._flush_row_group()
+
+    def close(self) -> list[ChunkInfo]:
+        """Flush what is buffered and close the open chunk; returns every chunk written."""
+        self._flush_row_group()
+        self._close_chunk()
+        return self.chunks
+
+    def abort(self) -> None:
+        """Drop the buffer and close the open file without reporting it (upload failed)."""
+        self._buffer.clear()
+        self._buffered = 0
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            finally:
+                self._close_sink()
+                self._writer = None
+
+    @property
+    def row_count(self) -> int:
+        return sum(c.row_count for c in self.chunks)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _flush_row_group(self) -> None:
+        if not self._buffer:
+            return
+        table = sort_by_timestamp(pa.Table.from_batches(self._buffer, schema=self.schema))
+        self._buffer.clear()
+        self._buffered = 0
+        if self._writer is None:
+            self._open_chunk()
+        assert self._writer is not None and self._current is not None
+        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        for b in table.to_batches():
+            self._current.stats.update(b)
+        if self._sink_position() >= self.max_chunk_size:
+            self._close_chunk()
+
+    def _open_chunk(self) -> None:
+        index = self._next_index
+        self._next_index += 1
+        key = layout.data_key(self.folder, index)
+        local = self.store.local_path(key)
+        if local is not None:
+            import os
+
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            self._sink = pa.OSFile(local, "wb")  # native file: no GIL round-trips per page
+        else:
+            self._sink = self.store.open_write(key)
+        self._writer = pq.ParquetWriter(self._sink, self.schema, **self.options)
+        self._current = ChunkInfo(index, key, 0, ChunkStats(self.schema))
+
+    def _sink_position(self) -> int:
+        return self._sink.tell() if self._sink is not None else 0
+
+    def _close_sink(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+    def _close_chunk(self) -> None:
+        if self._writer is None or self._current is None:
+            return
+        self._writer.close()
+        self._writer = None
+        self._close_sink()
+        info = self._current
+        self._current = None
+        info.size_bytes = self.store.size(info.data_file)
+        self.chunks.append(info)
+        if self.on_chunk is not None:
+            self.on_chunk(info)
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
+
+
+@dataclass
+class _Run:
+    file: pq.ParquetFile
+    row_group: int
+    ts_min: int
+    ts_max: int
+
+
+def _row_group_runs(pf: pq.ParquetFile, start: int | None, end: int | None) -> list[_Run]:
+    md = pf.metadata
+    ts_col = pf.schema_arrow.get_field_index(TS)
+    runs = []
+    for rg in range(md.num_row_groups):
+        g = md.row_group(rg)
+        if g.num_rows == 0:
+            continue
+        st = g.column(ts_col).statistics
+        if st is None or not st.has_min_max:
+            lo, hi = -(2**63), 2**63 - 1  # unknown: must read it
+        else:
+            lo, hi = int(st.min), int(st.max)
+        if (end is not None and lo >= end) or (start is not None and hi < start):
+            continue
+        runs.append(_Run(pf, rg, lo, hi))
+    return runs
+
+
+class _RunCursor:
+    """Reads one sorted run batch by batch, window-sliced; ``head`` is the current slice."""
+
+    def __init__(self, run: _Run, columns, batch_rows, start, end, schema):
+        self.run = run
+        self._it = run.file.iter_batches(batch_size=batch_rows, row_groups=[run.row_group],
+                                         columns=columns, use_threads=True)
+        self.start, self.end, self.schema = start, end, schema
+        self.head: pa.RecordBatch | None = None
+        self.ts: np.ndarray | None = None
+        self.done = False
+        self._advance()
+
+    def _advance(self) -> None:
+        while True:
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self.head, self.ts, self.done = None, None, True
+                return
+            ts = batch.column(TS).to_numpy(zero_copy_only=False)
+            lo, hi = 0, len(ts)
+            if self.start is not None:
+                lo = int(np.searchsorted(ts, self.start, side="left"))
+            if self.end is not None:
+                hi = int(np.searchsorted(ts, self.end, side="left"))
+                if hi < len(ts):
+                    self._it = iter(())  # sorted: nothing after this batch is in the window
+            if hi > lo:
+                self.head = batch.slice(lo, hi - lo)
+                self.ts = ts[lo:hi]
+                return
+
+    @property
+    def last(self) -> int:
+        return int(self.ts[-1])
+
+    def take_upto(self, bound: int) -> pa.RecordBatch | None:
+        """Remove and return the head rows with ts <= bound."""
+        n = int(np.searchsorted(self.ts, bound, side="right"))
+        if n == 0:
+            return None
+        if n == len(self.ts):
+            out = self.head
+            self._advance()
+            return out
+        out = self.head.slice(0, n)
+        self.head = self.head.slice(n)
+        self.ts = self.ts[n:]
+        return out
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    if batch.schema.equals(schema, check_metadata=False):
+        return pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+    return batch.cast(schema)
+
+
+def _rebatch(parts: Iterator[pa.RecordBatch], rows: int, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for part in parts:
+        if part.num_rows == 0:
+            continue
+        if not pending and part.num_rows == rows:
+            yield part
+            continue
+        pending.append(part)
+        count += part.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(pending, schema=schema)
+            head = table.slice(0, rows).combine_chunks().to_batches()
+            yield head[0] if len(head) == 1 else pa.concat_batches(head)
+            rest = table.slice(rows)
+            pending = rest.combine_chunks().to_batches() if rest.num_rows else []
+            count = rest.num_rows
+    if count:
+        table = pa.Table.from_batches(pending, schema=schema).combine_chunks()
+        yield from table.to_batches()
+
+
+def _merged(cursors: list[_RunCursor], pending: list[_Run], make_cursor, schema) -> Iterator[pa.RecordBatch]:
+    active = [c for c in cursors if not c.done]
+    pending = list(pending)
+    while active or pending:
+        if not active:
+            c = make_cursor(pending.pop(0))
+            if not c.done:
+                active.append(c)
+            continue
+        bound = min(c.last for c in active)
+        while pending and pending[0].ts_min <= bound:
+            c = make_cursor(pending.pop(0))
+            if not c.done:
+                active.append(c)
+                bound = min(bound, c.last)
+        parts = []
+        for c in active:
+            part = c.take_upto(bound)
+            if part is not None:
+                parts.append(_conform(part, schema))
+        active = [c for c in active if not c.done]
+        if len(parts) == 1:
+            yield parts[0]
+        elif parts:
+            table = pa.Table.from_batches(parts, schema=schema)
+            table = table.take(pc.sort_indices(table, sort_keys=[(TS, "ascending")]))
+            yield from table.combine_chunks().to_batches()
+
+
+def open_parquet(store: ObjectStore, key: str) -> pq.ParquetFile:
+    local = store.local_path(key)
+    return pq.ParquetFile(local if local is not None else store.open_read(key), memory_map=False)
+
+
+def read_topic(store: ObjectStore, data_files: list[str], schema: pa.Schema, start: int | None = None,
+               end: int | None = None, columns: list[str] | None = None,
+               batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+    """Rows of a topic with ``start <= timestamp_ns < end``, in ascending timestamp order, in
+    batches of ``batch_rows`` rows (the last one may be shorter).  Never yields empty batches."""
+    if columns is not None:
+        if TS not in columns:
+            columns = [TS] + list(columns)
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+    runs: list[_Run] = []
+    for key in data_files:
+        runs.extend(_row_group_runs(open_parquet(store, key), start, end))
+    runs.sort(key=lambda r: (r.ts_min, r.ts_max))
+
+    def make_cursor(run: _Run) -> _RunCursor:
+        return _RunCursor(run, columns, batch_rows, start, end, schema)
+
+    yield from _rebatch(_merged([], runs, make_cursor, schema), batch_rows, schema)
