@@ -18,6 +18,9 @@ from .config import SETTINGS, ConfigError, Settings, load_settings
 COMMAND_MODULES = (
     "mosaicod.commands.serve",
     "mosaicod.commands.api_key",
+    "mosaicod.commands.cleanup",
+    "mosaicod.commands.store_optimizer",
+    "mosaicod.commands.ps",
 )
 
 EPILOG = """\

@@ -1,0 +1,292 @@
+"""Store optimizer (STORAGE_AND_QUERY.md §7.3): compact topics made of many small chunks.
+
+One pass:
+1. Enqueue every finalized, not yet optimized topic in ``topic_optimization_t``.
+2. Take a lease on one queued topic: ``FOR UPDATE SKIP LOCKED`` picks a row, a session-level
+   advisory lock ``(LEASE_LOCK_CLASS, topic_id)`` held on a dedicated connection for the whole
+   rewrite proves the lease holder is alive, and ``start_unix_tstamp`` / ``opt_path_in_store =
+   tp_<new ULID>`` are committed before the first write into the new folder (so cleanup never
+   touches a rewrite in progress).  A lease whose holder died (its advisory lock is free) is taken
+   over at once by the next pass; its half-written folder becomes unreferenced garbage.
+3. Rewrite into the new folder: copy ``metadata.json`` and ``schema.arrow``, stream the topic in
+   timestamp order through the ingest ChunkWriter (same per-format Parquet settings and column
+   statistics) rolling files at ``max_chunk_size``, then write ``_COMMIT.json`` (state
+   ``optimized``).
+4. ONE transaction switches the catalog: topic row locked and checked (still the same folder),
+   ``path_in_store`` = new folder, old ``chunk_t`` rows deleted (stats cascade), new rows + stats
+   inserted, ``optimization_end_unix_tstamp`` set, queue row deleted.
+5. ``TO_DELETE`` is written into the old folder (cleanup purges it after the retention).
+
+A crash before step 4 commits leaves the catalog pointing at the old, untouched folder; a crash
+after it leaves the new folder complete and referenced.  Topics already made of one sorted chunk
+no larger than the target are only flagged as optimized.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .. import logs, metrics
+from ..catalog.repo import Catalog
+from ..catalog.tables import chunk_t, topic_optimization_t, topic_t
+from ..store import layout
+from ..store.chunks import ChunkInfo, ChunkWriter, open_parquet, read_topic
+from ..store.objstore import ObjectStore
+from .faults import crash_point
+
+log = logs.get(__name__)
+
+LEASE_LOCK_CLASS = 0x6F707469  # "opti": pg_try_advisory_lock(class, topic_id)
+SCAN_FRACTION = 0.10  # one scan batch ~ 10 % of a target file (upstream)
+
+
+class LeaseLost(Exception):
+    """The topic changed under us (deleted, or switched by someone else): nothing committed."""
+
+
+@dataclass
+class OptimizerReport:
+    rewritten: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[list[str]] = field(default_factory=list)
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def enqueue(engine: Engine) -> int:
+    with engine.begin() as conn:
+        return conn.execute(sa.text(
+            "INSERT INTO topic_optimization_t (topic_id) SELECT topic_id FROM topic_t "
+            "WHERE completion_unix_tstamp IS NOT NULL AND optimization_end_unix_tstamp IS NULL "
+            "AND path_in_store IS NOT NULL ON CONFLICT DO NOTHING")).rowcount
+
+
+class Lease:
+    """A leased queue row; ``conn`` holds the advisory lock until ``release()``."""
+
+    def __init__(self, conn: Connection, topic_id: int, folder: str, previous: str | None):
+        self.conn = conn
+        self.topic_id = topic_id
+        self.folder = folder
+        self.previous = previous  # a dead holder's half-written folder, if any
+
+    def release(self) -> None:
+        try:
+            self.conn.execute(sa.text("SELECT pg_advisory_unlock(:c, :t)"),
+                              {"c": LEASE_LOCK_CLASS, "t": self.topic_id})
+            self.conn.commit()
+        except Exception:
+            self.conn.invalidate()  # a broken connection drops its session locks anyway
+        finally:
+            self.conn.close()
+
+
+def take_lease(engine: Engine) -> Lease | None:
+    conn = engine.connect()
+    try:
+        tried: list[int] = []
+        while True:
+            with conn.begin():
+                q = (sa.select(topic_optimization_t.c.topic_id, topic_optimization_t.c.opt_path_in_store)
+                     .order_by(topic_optimization_t.c.topic_id).limit(1)
+                     .with_for_update(skip_locked=True))
+                if tried:
+                    q = q.where(topic_optimization_t.c.topic_id.not_in(tried))
+                row = conn.execute(q).first()
+                if row is None:
+                    break
+                got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, :t)"),
+                                   {"c": LEASE_LOCK_CLASS, "t": row.topic_id}).scalar_one()
+                if not got:  # a live holder is rewriting it
+                    tried.append(row.topic_id)
+                    continue
+                folder = layout.new_topic_folder()
+                conn.execute(topic_optimization_t.update()
+                             .where(topic_optimization_t.c.topic_id == row.topic_id)
+                             .values(start_unix_tstamp=now_ns(), opt_path_in_store=folder))
+            return Lease(conn, row.topic_id, folder, row.opt_path_in_store)
+        conn.close()
+        return None
+    except Exception:
+        conn.invalidate()
+        conn.close()
+        raise
+
+
+def _drop_queue_row(engine: Engine, topic_id: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(topic_optimization_t.delete().where(topic_optimization_t.c.topic_id == topic_id))
+
+
+def _already_optimal(store: ObjectStore, chunks, max_chunk_size: int) -> bool:
+    if len(chunks) == 0:
+        return True
+    if len(chunks) > 1 or chunks[0]["size_bytes"] > max_chunk_size:
+        return False
+    pf = open_parquet(store, chunks[0]["data_file"])
+    md = pf.metadata
+    idx = pf.schema_arrow.get_field_index("timestamp_ns")
+    last = None
+    for rg in range(md.num_row_groups):
+        st = md.row_group(rg).column(idx).statistics
+        if st is None or not st.has_min_max:
+            return False
+        if last is not None and int(st.min) < last:
+            return False
+        last = int(st.max)
+    return True
+
+
+class Optimizer:
+    def __init__(self, engine: Engine, store: ObjectStore, *, max_chunk_size: int,
+                 row_group_bytes: int = 32 * 1024 * 1024):
+        self.engine = engine
+        self.store = store
+        self.catalog = Catalog(engine)
+        self.max_chunk_size = max_chunk_size
+        # row groups of at most a quarter of a target file, so files end close to the target
+        self.row_group_bytes = max(64 * 1024, min(row_group_bytes, max_chunk_size // 4))
+
+    def run_pass(self, stop: threading.Event | None = None) -> OptimizerReport:
+        report = OptimizerReport()
+        queued = enqueue(self.engine)
+        log.info("store optimizer pass started", newly_queued=queued,
+                 max_chunk_size=self.max_chunk_size)
+        while not (stop is not None and stop.is_set()):
+            lease = take_lease(self.engine)
+            if lease is None:
+                break
+            try:
+                self._handle(lease, report)
+            finally:
+                lease.release()
+        for outcome, items in (("rewritten", report.rewritten), ("skipped", report.skipped),
+                               ("failed", report.failed)):
+            metrics.OPTIMIZER_TOPICS.labels(outcome).inc(len(items))
+        metrics.OPTIMIZER_RUNS.labels("failed" if report.failed else "done").inc()
+        log.info("store optimizer pass finished", rewritten=len(report.rewritten),
+                 skipped=len(report.skipped), failed=len(report.failed))
+        return report
+
+    # -- one topic ----------------------------------------------------------------------------
+    def _handle(self, lease: Lease, report: OptimizerReport) -> None:
+        if lease.previous:
+            self._mark(lease.previous)  # left behind by a holder that died mid-rewrite
+        with self.engine.connect() as conn:
+            topic = conn.execute(sa.select(topic_t).where(topic_t.c.topic_id == lease.topic_id)).mappings().first()
+        if topic is None or topic["path_in_store"] is None:
+            _drop_queue_row(self.engine, lease.topic_id)
+            return
+        locator = topic["locator_name"]
+        started = time.perf_counter()
+        try:
+            chunks = self.catalog.chunks_of(lease.topic_id)
+            if _already_optimal(self.store, chunks, self.max_chunk_size):
+                self._flag_only(lease, topic)
+                report.skipped.append(locator)
+                log.info("topic already optimal", topic=locator, chunks=len(chunks))
+                return
+            new_chunks = self._rewrite(lease, topic, chunks)
+            self._switch(lease, topic, new_chunks, sum(c["row_count"] for c in chunks))
+            crash_point("optimizer:after_switch")
+            self._mark(topic["path_in_store"])
+            report.rewritten.append(locator)
+            log.info("topic optimized", topic=locator, old_folder=topic["path_in_store"],
+                     new_folder=lease.folder, chunks_before=len(chunks), chunks_after=len(new_chunks),
+                     duration_s=round(time.perf_counter() - started, 3))
+        except Exception as exc:
+            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            report.failed.append([locator, msg])
+            log.warning("topic optimization failed; old data kept", topic=locator, error=msg)
+            self._mark(lease.folder)
+            try:
+                _drop_queue_row(self.engine, lease.topic_id)  # retried next pass
+            except Exception:
+                pass
+
+    def _flag_only(self, lease: Lease, topic) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(topic_t.update().where(topic_t.c.topic_id == lease.topic_id)
+                         .values(optimization_end_unix_tstamp=now_ns()))
+            conn.execute(topic_optimization_t.delete()
+                         .where(topic_optimization_t.c.topic_id == lease.topic_id))
+
+    def _schema(self, topic) -> tuple[pa.Schema, bytes]:
+        raw = topic["arrow_schema"]
+        if raw is None:
+            raw = self.store.get_bytes(layout.schema_key(topic["path_in_store"]))
+        raw = bytes(raw)
+        return pa.ipc.read_schema(pa.py_buffer(raw)), raw
+
+    def _batch_rows(self, chunks) -> int:
+        avg = max((((c["arrow_size_bytes"] or c["size_bytes"]) / c["row_count"])
+                   for c in chunks if c["row_count"]), default=1.0)
+        return max(1, min(1 << 20, int(self.max_chunk_size * SCAN_FRACTION / max(avg, 1.0))))
+
+    def _rewrite(self, lease: Lease, topic, chunks) -> list[ChunkInfo]:
+        old, new = topic["path_in_store"], lease.folder
+        self.store.put_bytes(layout.metadata_key(new), self.store.get_bytes(layout.metadata_key(old)))
+        crash_point("optimizer:after_metadata")
+        schema, raw_schema = self._schema(topic)
+        self.store.put_bytes(layout.schema_key(new), raw_schema)
+        writer = ChunkWriter(self.store, new, schema, topic["serialization_format"],
+                             max_chunk_size=self.max_chunk_size, row_group_bytes=self.row_group_bytes,
+                             on_chunk=lambda info: crash_point("optimizer:after_chunk"))
+        try:
+            for batch in read_topic(self.store, [c["data_file"] for c in chunks], schema,
+                                    batch_rows=self._batch_rows(chunks)):
+                writer.write(batch)
+            written = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        rows = sum(c.row_count for c in written)
+        lo = min((c.stats.ts_min for c in written if c.stats.ts_min is not None), default=None)
+        hi = max((c.stats.ts_max for c in written if c.stats.ts_max is not None), default=None)
+        self.store.put_json(layout.commit_key(new), layout.commit_doc(
+            state="optimized", committed_at_ns=now_ns(), row_count=rows,
+            timestamp_range=(lo, hi) if lo is not None else None,
+            files=[c.commit_entry() for c in written]))
+        crash_point("optimizer:before_switch")
+        return written
+
+    def _switch(self, lease: Lease, topic, new_chunks: list[ChunkInfo], old_rows: int) -> None:
+        new_rows = sum(c.row_count for c in new_chunks)
+        if new_rows != old_rows:
+            raise RuntimeError(f"rewrite produced {new_rows} rows, the topic has {old_rows}; not switched")
+        with self.engine.begin() as conn:
+            cur = conn.execute(sa.select(topic_t.c.path_in_store).where(topic_t.c.topic_id == lease.topic_id)
+                               .with_for_update()).first()
+            if cur is None or cur.path_in_store != topic["path_in_store"]:
+                raise LeaseLost("the topic was deleted or changed during the rewrite")
+            q = conn.execute(sa.select(topic_optimization_t.c.opt_path_in_store)
+                             .where(topic_optimization_t.c.topic_id == lease.topic_id)
+                             .with_for_update()).first()
+            if q is None or q.opt_path_in_store != lease.folder:
+                raise LeaseLost("the optimization lease was taken over")
+            conn.execute(chunk_t.delete().where(chunk_t.c.topic_id == lease.topic_id))
+            for c in new_chunks:
+                self.catalog.insert_chunk(topic_id=lease.topic_id, ontology_tag=topic["ontology_tag"],
+                                          data_file=c.data_file, size_bytes=c.size_bytes, stats=c.stats,
+                                          conn=conn)
+            conn.execute(topic_t.update().where(topic_t.c.topic_id == lease.topic_id)
+                         .values(path_in_store=lease.folder, optimization_end_unix_tstamp=now_ns()))
+            conn.execute(topic_optimization_t.delete()
+                         .where(topic_optimization_t.c.topic_id == lease.topic_id))
+
+    def _mark(self, folder: str | None) -> None:
+        if not folder:
+            return
+        try:
+            self.store.put_bytes(layout.to_delete_key(folder), b"")
+        except Exception as exc:  # cleanup marks unreferenced folders itself
+            log.warning("could not write TO_DELETE marker", folder=folder, error=str(exc))
