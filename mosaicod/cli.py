@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "mosaicod.commands.cleanup",
     "mosaicod.commands.store_optimizer",
     "mosaicod.commands.ps",
+    "mosaicod.commands.rebuild_catalog",
 )
 
 EPILOG = """\
