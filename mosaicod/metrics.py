@@ -157,9 +157,20 @@ def annotate(context, *, rpc: str | None = None, resource: str | None = None,
     if rpc:
         mw.rpc = rpc
     if resource:
-        mw.resource = resource
+        mw.resource = resource if isinstance(resource, str) else json.dumps(resource)[:200]
     mw.bytes_in += bytes_in
     mw.bytes_out += bytes_out
+
+
+def count_out(context, batches):
+    """Pass ``batches`` through, counting their Arrow bytes as sent (for do_get streams)."""
+    mw = middleware(context)
+    for batch in batches:
+        n = batch.nbytes
+        BYTES_OUT.inc(n)
+        if mw is not None:
+            mw.bytes_out += n
+        yield batch
 
 
 # -- catalog-derived gauges -----------------------------------------------------------------

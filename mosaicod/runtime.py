@@ -43,7 +43,9 @@ class Runtime:
 
 
 def server_middleware(settings: Settings, runtime: Runtime) -> dict[str, flight.ServerMiddlewareFactory]:
-    middleware: dict[str, flight.ServerMiddlewareFactory] = {}
+    from .metrics import MIDDLEWARE_KEY, MetricsMiddlewareFactory
+
+    middleware: dict[str, flight.ServerMiddlewareFactory] = {MIDDLEWARE_KEY: MetricsMiddlewareFactory()}
     if settings.api_key_enabled:
         from .auth import AuthMiddlewareFactory
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from . import errors
+from . import errors, metrics
 from .logs import get as get_logger
 from .permissions import ACTION_PERMISSIONS, RPC_PERMISSIONS, Permission, camel
 from .service import Mosaico, Ticket, parse_json_object
@@ -108,6 +108,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
             raise errors.bad_request(f"no available action for string `{name}`")
         self._require(context, ACTION_PERMISSIONS[name], name)
         body = parse_json_object(action.body.to_pybytes())
+        metrics.annotate(context, rpc=name, resource=body.get("locator") or body.get("name"))
         if streaming is not None:
             return _guard_stream(
                 (flight.Result(json.dumps({"action": name, "response": item}).encode() + b"\n")
@@ -140,6 +141,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
         if descriptor.descriptor_type != flight.DescriptorType.CMD:
             raise errors.bad_request("Unsupported descriptor: expected a command descriptor")
         upload = self.service.begin_upload(descriptor.command, reader.schema)
+        metrics.annotate(context, resource=upload.topic["locator_name"])
         started = time.monotonic()
         try:
             while True:
@@ -154,6 +156,8 @@ class MosaicoFlightServer(flight.FlightServerBase):
         except BaseException:
             upload.abort()
             raise
+        finally:
+            metrics.annotate(context, bytes_in=upload.bytes_in)
         log.info("upload finished", topic=upload.topic["locator_name"], rows=upload.rows,
                  bytes=upload.bytes_in, seconds=round(time.monotonic() - started, 3))
 
@@ -191,8 +195,10 @@ class MosaicoFlightServer(flight.FlightServerBase):
     @endpoint("do_get")
     def do_get(self, context, ticket: flight.Ticket):
         self._require(context, RPC_PERMISSIONS["do_get"])
-        schema, batches = self.service.read(Ticket.decode(ticket.ticket))
-        return flight.GeneratorStream(schema, _guard_stream(batches, "do_get"))
+        decoded = Ticket.decode(ticket.ticket)
+        metrics.annotate(context, resource=decoded.locator)
+        schema, batches = self.service.read(decoded)
+        return flight.GeneratorStream(schema, _guard_stream(metrics.count_out(context, batches), "do_get"))
 
     @endpoint("list_flights")
     def list_flights(self, context, criteria: bytes):

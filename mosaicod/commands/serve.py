@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 from .. import cli, logs
 from ..catalog.db import CatalogUnavailable
@@ -44,7 +45,23 @@ def run(args: argparse.Namespace) -> int:
                  tls=settings.tls_enabled, api_keys=settings.api_key_enabled,
                  catalog="embedded" if not settings.db_url else "external", store=runtime.store.url)
         log.debug("settings", **settings.redacted())
-        server.serve()
+        from .. import metrics, registry
+
+        http = (metrics.serve_http(settings.metrics_host, settings.metrics_port, runtime.engine,
+                                   runtime.store) if settings.metrics_port else None)
+        instance = registry.Instance(runtime.engine, "server", address=f"{settings.host}:{server.port}",
+                                     interval=settings.heartbeat_interval).start()
+        def _terminate(signum, frame):  # SIGTERM (docker stop): same clean stop as Ctrl-C
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _terminate)
+        try:
+            server.serve()
+        finally:
+            server.shutdown()
+            instance.stop()
+            if http is not None:
+                http.stop()
         log.info("mosaicod stopped")
         return 0
     finally:
