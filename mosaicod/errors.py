@@ -48,8 +48,7 @@ class MosaicoError(Exception):
     """A failure with a kind (which decides the Flight status) and a message for the user."""
 
     def __init__(self, kind: Kind, message: str):
-        if not message.endswith((".", "?", ")", "`")):
-            message += "."
+        message = message.rstrip(".")  # pyarrow appends ". Detail: ..." on the wire
         super().__init__(message)
         self.kind = kind
         self.message = message

