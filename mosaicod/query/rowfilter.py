@@ -12,6 +12,7 @@ statistics stage only).
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -229,12 +230,44 @@ def _prep(vals: pa.Array, leaf: str) -> pa.Array:
     return vals
 
 
+_I64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def _int_bound(fn, v: float):
+    """Exact integer form of ``column OP v`` for an integer column and a float operand:
+    (fn, int operand) or a constant True/False."""
+    if math.isinf(v):
+        big = v > 0
+        if fn in (pc.less, pc.less_equal):
+            return big
+        if fn in (pc.greater, pc.greater_equal):
+            return not big
+        return fn is pc.not_equal
+    if fn in (pc.equal, pc.not_equal):
+        if v != math.floor(v):
+            return fn is pc.not_equal
+        return fn, int(v)
+    if fn is pc.less:
+        return pc.less, math.ceil(v)
+    if fn is pc.less_equal:
+        return pc.less_equal, math.floor(v)
+    if fn is pc.greater:
+        return pc.greater, math.floor(v)
+    return pc.greater_equal, math.ceil(v)
+
+
 def _cmp(fn, vals: pa.Array, v):
+    if pa.types.is_integer(vals.type) and isinstance(v, float):
+        r = _int_bound(fn, v)
+        if isinstance(r, bool):
+            return pc.if_else(vals.is_valid(), r, None)
+        fn, v = r
+        v = min(max(v, _I64[0]), _I64[1])
     s = v if isinstance(v, pa.Scalar) else pa.scalar(v)
     try:
         return fn(vals, s)
-    except pa.ArrowNotImplementedError:
-        return fn(pc.cast(vals, pa.float64()), pc.cast(s, pa.float64()))
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return fn(pc.cast(vals, pa.float64(), safe=False), pc.cast(s, pa.float64(), safe=False))
 
 
 def _value_set(vals: pa.Array, values: list, leaf: str):
@@ -245,6 +278,10 @@ def _value_set(vals: pa.Array, values: list, leaf: str):
         if pa.types.is_integer(vals.type) and all(isinstance(x, int) for x in values):
             info = np.iinfo(vals.type.to_pandas_dtype())
             return vals, pa.array([x for x in values if info.min <= x <= info.max], vals.type)
+        if pa.types.is_integer(vals.type):  # exact: only integral operands can match
+            ints = [int(x) for x in values if float(x).is_integer()]
+            info = np.iinfo(vals.type.to_pandas_dtype())
+            return vals, pa.array([x for x in ints if info.min <= x <= info.max], vals.type)
         return pc.cast(vals, pa.float64()), pa.array([float(x) for x in values], pa.float64())
     return vals, pa.array(values, vals.type)
 
@@ -300,7 +337,7 @@ def _whole_list_eq(flat: pa.Array, parents: np.ndarray, pos: np.ndarray, lengths
     try:
         eq = _np(pc.equal(flat, expected))
     except pa.ArrowNotImplementedError:
-        eq = _np(pc.equal(pc.cast(flat, pa.float64()), pc.cast(expected, pa.float64())))
+        eq = _np(pc.equal(pc.cast(flat, pa.float64(), safe=False), pc.cast(expected, pa.float64(), safe=False)))
     hits = np.bincount(parents[inside & eq], minlength=len(lengths))
     return same_len & (hits == m)
 
