@@ -96,9 +96,11 @@ def start_serve(args: list[str], env: dict[str, str], log_path: Path, timeout: f
 
 
 def write_sequence(port: int, name: str, topics: dict[str, int], *, payload: int = 64, seed: int = 0,
-                   ts_offset: int = 0) -> None:
+                   ts_offset: int = 0, batch_bytes: int | None = None) -> None:
     """Create a sequence with the SDK: each topic gets ``rows`` String messages of ``payload``
-    hex chars; timestamps are unique and (for several topics) interleaved."""
+    hex chars; timestamps are unique and (for several topics) interleaved.  ``batch_bytes``
+    makes the client flush record batches of about that size (many small do_put batches, like a
+    client with a small message limit), so the server writes many small chunks."""
     import random
 
     from mosaicolabs import Message, MosaicoClient, String
@@ -109,6 +111,8 @@ def write_sequence(port: int, name: str, topics: dict[str, int], *, payload: int
         with client.sequence_create(name, {"writer": "ops-test", "seed": seed}) as sw:
             for t_index, (topic, rows) in enumerate(topics.items()):
                 tw = sw.topic_create(topic, {"index": t_index}, String)
+                if batch_bytes:
+                    tw._wrstate.max_batch_size_bytes = batch_bytes
                 for i in range(rows):
                     text = rnd.getrandbits(payload * 4).to_bytes(payload // 2, "big").hex()
                     tw.push(Message(timestamp_ns=ts_offset + 1_000 + i * 10 + t_index, data=String(data=text)))
