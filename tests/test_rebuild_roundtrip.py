@@ -211,6 +211,18 @@ def test_rebuild_roundtrip_local_with_dry_run_and_merge(make_settings, start_ser
         assert [c["table"] for c in rep.conflicts] == ["column_chunk_numeric_t"]
         rep = run(store, engine, Options(dry_run=True, progress=False))
         assert len(rep.differences) == 1
+        # replace on the live catalog repairs it and keeps notifications and API keys untouched
+        kept = ("SELECT (SELECT count(*) FROM sequence_notification_t), (SELECT count(*) FROM topic_notification_t), "
+                "(SELECT count(*) FROM api_key_t)")
+        with engine.begin() as c:
+            c.execute(sa.text("INSERT INTO api_key_t VALUES ('abcdefgh', '\\x00', 1, 'bench', 0, NULL, NULL)"))
+            counts = tuple(c.execute(sa.text(kept)).one())
+        assert counts[0] + counts[1] > 0 and counts[2] == 1
+        rep = run(store, engine, Options(force=True, progress=False))
+        assert rep.notifications_dropped == []
+        with engine.connect() as c:
+            assert tuple(c.execute(sa.text(kept)).one()) == counts
+        assert run(store, engine, Options(dry_run=True, progress=False)).differences == []
         # refusal while a server heartbeats on this catalog, or while another rebuild holds the lock
         with registry.Instance(engine, "server"):
             with pytest.raises(RebuildRefused, match="uses this catalog"):
