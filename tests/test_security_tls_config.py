@@ -6,7 +6,7 @@ import pytest
 
 from mosaicod import tls
 from mosaicod.config import ConfigError, load_settings
-from security_certs import CA, write_server_files
+from tests.security_certs import CA, write_server_files
 
 
 @pytest.fixture(scope="module")

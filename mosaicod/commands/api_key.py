@@ -13,6 +13,8 @@ from .. import auth, cli
 from ..catalog import db
 from ..errors import MosaicoError
 
+_Formatter = argparse.RawDescriptionHelpFormatter
+
 DESCRIPTION = """\
 Manage the API keys that clients pass with MosaicoClient.connect(..., api_key=KEY) (or the
 MOSAICO_API_KEY environment variable).  Keys are checked on every call when the server runs with
@@ -38,11 +40,11 @@ once.  Examples:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "api-key", help="manage API keys (create, list, status, revoke, purge)",
-        description=DESCRIPTION, formatter_class=cli.Formatter)
+        description=DESCRIPTION, formatter_class=_Formatter)
     sub = parser.add_subparsers(dest="api_key_command", metavar="ACTION", required=True)
 
     p = sub.add_parser("create", help="create a key and print it once", description=CREATE_HELP,
-                       formatter_class=cli.Formatter)
+                       formatter_class=_Formatter)
     p.add_argument("-p", "--permissions", required=True, metavar="PERMS",
                    help="any combination of read, write, delete separated by ',' or '|' "
                         "(e.g. read,write)")
@@ -62,11 +64,11 @@ def register(subparsers) -> None:
                        description="List every key with its fingerprint, permissions, state "
                                    "(active/expired/revoked), creation and expiration times and "
                                    "description.  Secrets are never shown (they are not stored).",
-                       formatter_class=cli.Formatter)
+                       formatter_class=_Formatter)
     cli.add_config_options(p)
     p.set_defaults(func=run_list)
 
-    p = sub.add_parser("status", help="show one key", formatter_class=cli.Formatter,
+    p = sub.add_parser("status", help="show one key", formatter_class=_Formatter,
                        description="Show the permissions, state and times of the key with this "
                                    "fingerprint.  Exit status 0 if the key is active, 3 if it is "
                                    "expired or revoked, 1 if it does not exist.")
@@ -76,7 +78,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_status)
 
     p = sub.add_parser("revoke", help="revoke a key (refused from the next call on)",
-                       formatter_class=cli.Formatter,
+                       formatter_class=_Formatter,
                        description="Revoke the key with this fingerprint: every later call with "
                                    "it is refused, also on running servers.  Revoked keys stay "
                                    "listed until `purge`.")
@@ -86,7 +88,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_revoke)
 
     p = sub.add_parser("purge", help="delete expired and revoked keys (or all with --all)",
-                       formatter_class=cli.Formatter,
+                       formatter_class=_Formatter,
                        description="Delete the keys that can no longer be used (expired or "
                                    "revoked).  With --all delete every key: clients then need "
                                    "new keys.")
@@ -153,14 +155,19 @@ def _describe(info: auth.ApiKeyInfo) -> list[str]:
 def run_create(args: argparse.Namespace) -> int:
     try:
         perms = auth.parse_permissions(args.permissions)
-        expires_at = None
-        if args.expires_in:
-            expires_at = datetime.now(timezone.utc) + auth.parse_duration(args.expires_in)
-        elif args.expires_at:
-            expires_at = auth.parse_rfc3339(args.expires_at)
+        lifetime = auth.parse_duration(args.expires_in) if args.expires_in else None
+        expires_at = auth.parse_rfc3339(args.expires_at) if args.expires_at else None
+        if expires_at is not None and expires_at <= datetime.now(timezone.utc):
+            raise ValueError(f"--expires-at {args.expires_at} is not in the future")
     except ValueError as exc:
         raise _Fail(str(exc)) from None
-    key, info = _with_engine(args, lambda e: auth.create_key(e, perms, args.description, expires_at))
+
+    def create(engine):
+        # a duration counts from the moment the key is stored, not from when the command started
+        when = datetime.now(timezone.utc) + lifetime if lifetime is not None else expires_at
+        return auth.create_key(engine, perms, args.description, when)
+
+    key, info = _with_engine(args, create)
     print(f"Created API key {info.fingerprint}: permissions {auth.format_permissions(perms)}, "
           f"expires {auth.format_time(info.expires_at)}.")
     print("Store it now: it cannot be shown again (only its hash is kept).")
