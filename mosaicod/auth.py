@@ -35,7 +35,8 @@ from sqlalchemy.engine import Engine
 
 from . import logs
 from .catalog.tables import api_key_t
-from .errors import MosaicoError, Kind, internal, not_found, bad_request, to_flight, unauthorized
+from .errors import MosaicoError, Kind, internal, not_found, bad_request, to_flight
+from .errors import unauthorized as _unauthorized
 from .permissions import Permission
 
 log = logs.get(__name__)
@@ -267,8 +268,13 @@ def purge_keys(engine: Engine, all_keys: bool = False) -> list[str]:
     return sorted(gone)
 
 
-def verify_key(engine: Engine, token: str | None) -> ApiKeyInfo:
-    """Check a presented key; raise MosaicoError(UNAUTHORIZED) unless it is usable right now."""
+def verify_key(engine: Engine, token: str | None, call: str | None = None) -> ApiKeyInfo:
+    """Check a presented key; raise MosaicoError(UNAUTHORIZED) unless it is usable right now.
+    ``call`` (e.g. ``DoGet``) is named in the refusal."""
+
+    def unauthorized(detail: str) -> MosaicoError:
+        return _unauthorized(f"{detail}; {call} call refused" if call else detail)
+
     if not token:
         raise unauthorized(f"Missing API key in request header `{HEADER}`: pass api_key= to "
                            "MosaicoClient.connect")
@@ -334,8 +340,9 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):
 
     def start_call(self, info, headers):
         token = _header(headers, HEADER)
+        call = _call_name(info)
         try:
-            key = verify_key(self.engine, token)
+            key = verify_key(self.engine, token, call)
         except MosaicoError as err:
             if err.kind is Kind.UNAUTHORIZED:
                 fp = None
@@ -343,14 +350,14 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):
                     fp = parse_key(token or "")[1]
                 except ValueError:
                     pass
-                log.info("call refused", method=_method_name(info), fingerprint=fp,
-                         reason=err.message)
+                log.info("call refused", call=call, fingerprint=fp, reason=err.message)
             raise to_flight(err) from None
         return AuthMiddleware(key)
 
 
-def _method_name(info) -> str:
+def _call_name(info) -> str:
+    """FlightMethod.GET_FLIGHT_INFO -> GetFlightInfo."""
     try:
-        return str(info.method.name)
+        return "".join(p.capitalize() for p in str(info.method.name).split("_"))
     except AttributeError:  # pragma: no cover
-        return "?"
+        return "RPC"

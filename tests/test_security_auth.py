@@ -123,21 +123,20 @@ def _raw_put(c, o):
     writer.close()
 
 
+@pytest.fixture(scope="module")
+def unusable_keys(srv) -> dict:
+    revoked = mint(srv, R | W | D)
+    auth.revoke_key(srv.runtime.engine, auth.parse_key(revoked)[1])
+    expired = mint(srv, R | W | D, expires_at=datetime.now(timezone.utc) + timedelta(seconds=1))
+    _wait_until_expired(srv, expired)
+    return {"missing": None, "malformed": "msco_wrongauthapikey123_abc12345",
+            "unknown": auth.generate_key()[0], "revoked": revoked, "expired": expired}
+
+
 @pytest.mark.parametrize("rpc", sorted(RAW_CALLS))
 @pytest.mark.parametrize("case", ["missing", "malformed", "unknown", "revoked", "expired"])
-def test_every_rpc_refuses_unusable_keys_before_any_work(srv, rpc, case):
-    if case == "missing":
-        key = None
-    elif case == "malformed":
-        key = "msco_wrongauthapikey123_abc12345"
-    elif case == "unknown":
-        key = auth.generate_key()[0]
-    elif case == "revoked":
-        key = mint(srv, R | W | D)
-        auth.revoke_key(srv.runtime.engine, auth.parse_key(key)[1])
-    else:
-        key = mint(srv, R | W | D, expires_at=datetime.now(timezone.utc) + timedelta(seconds=1))
-        _wait_until_expired(srv, key)
+def test_every_rpc_refuses_unusable_keys_before_any_work(srv, unusable_keys, rpc, case):
+    key = unusable_keys[case]
     client, opts = raw(srv, key)
     # pyarrow's client loses the Flight error class of GetSchema failures (they arrive as OSError
     # with our message); every other RPC surfaces PERMISSION_DENIED as FlightUnauthorizedError
@@ -145,7 +144,9 @@ def test_every_rpc_refuses_unusable_keys_before_any_work(srv, rpc, case):
         RAW_CALLS[rpc](client, opts)
     expected = {"missing": "Missing API key", "malformed": "malformed API key",
                 "unknown": "does not exist", "revoked": "revoked", "expired": "expired"}[case]
-    assert_refused(exc, expected)
+    call = {"info": "DoAction", "list_flights": "ListFlights", "get_flight_info": "GetFlightInfo",
+            "get_schema": "GetSchema", "do_get": "DoGet", "do_put": "DoPut"}[rpc]
+    assert_refused(exc, expected, f"{call} call refused")
     client.close()
 
 
