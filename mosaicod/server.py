@@ -168,6 +168,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
         if descriptor.descriptor_type != flight.DescriptorType.CMD:
             raise errors.bad_request("Unsupported descriptor: expected a command descriptor")
         res, window = self.service.resolve(descriptor.command)
+        metrics.annotate(context, resource=res.locator)
         if res.kind == "sequence":
             app, endpoints = self.service.sequence_view(res.locator, window)
             schema = pa.schema([])
