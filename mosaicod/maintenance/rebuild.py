@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import logs
-from ..catalog.tables import DERIVED_TABLES, instance_registry_t, sequence_t, topic_t
+from ..catalog.tables import DERIVED_TABLES, instance_registry_t, sequence_t
 from ..store import layout
 from ..store.objstore import ObjectStore
 from . import decode as decoding
