@@ -274,8 +274,14 @@ def _rebatch(parts: Iterator[pa.RecordBatch], rows: int, schema: pa.Schema) -> I
     for part in parts:
         if part.num_rows == 0:
             continue
-        if not pending and part.num_rows == rows:
-            yield part
+        if part.num_rows >= rows // 2:
+            # big part: emit what is pending as one (short) batch and pass the part through in
+            # zero-copy slices, instead of re-aligning (= copying) every following batch
+            if pending:
+                yield pa.Table.from_batches(pending, schema=schema).combine_chunks().to_batches()[0]
+                pending, count = [], 0
+            for off in range(0, part.num_rows, rows):
+                yield part.slice(off, rows)
             continue
         pending.append(part)
         count += part.num_rows
@@ -329,7 +335,8 @@ def read_topic(store: ObjectStore, data_files: list[str], schema: pa.Schema, sta
                end: int | None = None, columns: list[str] | None = None,
                batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
     """Rows of a topic with ``start <= timestamp_ns < end``, in ascending timestamp order, in
-    batches of ``batch_rows`` rows (the last one may be shorter).  Never yields empty batches."""
+    batches of at most ``batch_rows`` rows (shorter ones at run boundaries and at the end; never
+    copied just to re-align).  Never yields empty batches."""
     if columns is not None:
         if TS not in columns:
             columns = [TS] + list(columns)
