@@ -46,10 +46,9 @@ def server_middleware(settings: Settings, runtime: Runtime) -> dict[str, flight.
     from .metrics import MIDDLEWARE_KEY, MetricsMiddlewareFactory
 
     middleware: dict[str, flight.ServerMiddlewareFactory] = {MIDDLEWARE_KEY: MetricsMiddlewareFactory()}
-    if settings.api_key_enabled:
-        from .auth import AuthMiddlewareFactory
+    from .transport import security_middleware
 
-        middleware["auth"] = AuthMiddlewareFactory(runtime.engine)
+    middleware.update(security_middleware(settings, runtime.engine))  # API keys, gzip responses
     return middleware
 
 

