@@ -11,6 +11,16 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
+class _Stderr:
+    """Resolves sys.stderr at each write (it may be replaced, e.g. by test capture)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "info", fmt: str = "pretty") -> None:
     """Route structlog (and stdlib logging) to stderr in the chosen format."""
     lvl = _LEVELS.get(level, logging.INFO)
@@ -29,7 +39,7 @@ def configure(level: str = "info", fmt: str = "pretty") -> None:
     structlog.configure(
         processors=processors + [renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr,
