@@ -121,6 +121,9 @@ class ChunkWriter:
             finally:
                 self._close_sink()
                 self._writer = None
+                if self._current is not None:  # never indexed: do not leave a valid-looking file
+                    self.store.delete(self._current.data_file)
+                    self._current = None
 
     @property
     def row_count(self) -> int:
@@ -263,6 +266,9 @@ class _RunCursor:
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """The batch with exactly the topic schema (field metadata, list item names)."""
+    if batch.schema.equals(schema, check_metadata=True):
+        return batch
     if batch.schema.equals(schema, check_metadata=False):
         return pa.RecordBatch.from_arrays(batch.columns, schema=schema)
     return batch.cast(schema)

@@ -139,8 +139,9 @@ def _update(stats: ColumnStats, values: pa.Array, saw_null: bool) -> None:
         if pa.types.is_boolean(t):
             values = pc.cast(values, pa.int8())
         elif pa.types.is_floating(t):
-            nan = pc.is_nan(values)
-            if pc.any(nan).as_py():
+            total = pc.sum(values).as_py()  # one fast pass: NaN iff a NaN (or +inf and -inf) is present
+            nan = pc.is_nan(values) if total is not None and math.isnan(total) else None
+            if nan is not None and pc.any(nan).as_py():
                 stats.has_nan = True
                 values = values.filter(pc.invert(nan))
                 if len(values) == values.null_count:
