@@ -1,0 +1,66 @@
+"""`mosaicod serve` as a user runs it: help, startup errors, and a plain (non-editable) install."""
+
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MOSAICOD = [sys.executable, "-m", "mosaicod"]
+
+
+def run(args, env=None, timeout=60):
+    return subprocess.run(MOSAICOD + args, capture_output=True, text=True, timeout=timeout,
+                          env={"PATH": "/usr/bin:/bin", **(env or {})})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_help_explains_configuration():
+    out = run(["serve", "--help"]).stdout
+    for needle in ("--data-dir", "--port", "--host", "MOSAICOD_DB_URL", "embedded PostgreSQL", "--config"):
+        assert needle in out
+
+
+def test_unreachable_postgres_is_a_one_line_error(tmp_path):
+    port = free_port()  # nothing listens there
+    res = run(["serve", "--data-dir", str(tmp_path)],
+              env={"MOSAICOD_DB_URL": f"postgresql://127.0.0.1:{port}/x", "MOSAICOD_DB_PASSWORD": "hunter2"})
+    assert res.returncode == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("mosaicod: error:")]
+    assert len(lines) == 1 and "cannot reach PostgreSQL" in lines[0]
+    assert "Traceback" not in res.stderr and "hunter2" not in res.stderr
+
+
+def test_unreachable_s3_is_a_one_line_error(tmp_path, pg_admin_url):
+    port = free_port()
+    res = run(["serve", "--data-dir", str(tmp_path)],
+              env={"MOSAICOD_DB_URL": pg_admin_url, "MOSAICOD_STORE_ENDPOINT": f"http://127.0.0.1:{port}",
+                   "MOSAICOD_STORE_BUCKET": "b", "MOSAICOD_STORE_ACCESS_KEY": "a",
+                   "MOSAICOD_STORE_SECRET_KEY": "topsecret", "AWS_MAX_ATTEMPTS": "1"}, timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert "cannot reach the S3 store" in res.stderr and "Traceback" not in res.stderr
+    assert "topsecret" not in res.stderr
+
+
+def test_bad_settings_exit_2():
+    res = run(["serve"], env={"MOSAICOD_PORT": "x"})
+    assert res.returncode == 2
+    assert res.stderr.strip() == "mosaicod: error: MOSAICOD_PORT: invalid value 'x': invalid literal for int() with base 10: 'x'"
+
+
+def test_built_wheel_ships_the_migrations(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+                          str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    wheel = next(tmp_path.glob("mosaicod-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "mosaicod/migrations/env.py" in names
+    assert any(n.startswith("mosaicod/migrations/versions/0001_") for n in names)
+    for pkg in ("catalog", "store", "query", "maintenance", "commands"):
+        assert f"mosaicod/{pkg}/__init__.py" in names

@@ -1,0 +1,106 @@
+"""Chunk writer (rolling files, sorted row groups, statistics) and the time-ordered reader."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mosaicod.store import layout
+from mosaicod.store.chunks import ChunkWriter, read_topic
+from mosaicod.store.objstore import ObjectStore
+from mosaicod.store.stats import NUMERIC_EMPTY, ChunkStats
+
+SCHEMA = pa.schema([
+    pa.field("timestamp_ns", pa.int64(), nullable=False, metadata={"description": "record time"}),
+    pa.field("v", pa.float64()),
+    pa.field("samples", pa.list_(pa.field("item", pa.float32(), nullable=False))),
+    pa.field("pose", pa.struct([pa.field("x", pa.float64()), pa.field("frame", pa.string())])),
+])
+
+
+def make_batch(ts) -> pa.RecordBatch:
+    ts = np.asarray(ts, dtype=np.int64)
+    return pa.record_batch([
+        pa.array(ts), pa.array(ts.astype(float) / 10),
+        pa.array([[float(t), float(t) + 1] for t in ts], SCHEMA.field("samples").type),
+        pa.array([{"x": float(t), "frame": f"f{t % 3}"} for t in ts], SCHEMA.field("pose").type),
+    ], schema=SCHEMA)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ObjectStore.local(str(tmp_path / "store"))
+
+
+def write(store, batches, **kw):
+    seen = []
+    w = ChunkWriter(store, "tp_T", SCHEMA, kw.pop("fmt", "default"),
+                    max_chunk_size=kw.pop("max_chunk_size", 1 << 30),
+                    row_group_bytes=kw.pop("row_group_bytes", 1 << 20), on_chunk=seen.append)
+    for b in batches:
+        w.write(b)
+    chunks = w.close()
+    assert [c.data_file for c in seen] == [c.data_file for c in chunks]
+    return chunks
+
+
+@pytest.mark.parametrize("fmt", ["default", "ragged", "image"])
+def test_round_trip_is_sorted_and_schema_exact(store, fmt):
+    rng = np.random.default_rng(1)
+    parts = [rng.integers(0, 10_000, 700) for _ in range(6)]
+    chunks = write(store, [make_batch(p) for p in parts], fmt=fmt, row_group_bytes=40_000)
+    files = [c.data_file for c in chunks]
+    assert all(layout.data_file_index(f) is not None for f in files)
+    out = list(read_topic(store, files, SCHEMA, batch_rows=512))
+    assert all(b.schema.equals(SCHEMA, check_metadata=True) for b in out)
+    assert all(0 < b.num_rows <= 512 for b in out)
+    got = pa.Table.from_batches(out)
+    expected = np.sort(np.concatenate(parts))
+    assert got.column("timestamp_ns").to_numpy().tolist() == expected.tolist()
+    # every row keeps its own values (v = ts / 10)
+    assert np.allclose(got.column("v").to_numpy(), got.column("timestamp_ns").to_numpy() / 10)
+    # windows are half-open
+    win = pa.Table.from_batches(read_topic(store, files, SCHEMA, 100, 200, batch_rows=64), schema=SCHEMA)
+    ts = win.column("timestamp_ns").to_numpy()
+    assert ts.tolist() == expected[(expected >= 100) & (expected < 200)].tolist()
+    assert list(read_topic(store, files, SCHEMA, 20_000, None)) == []
+
+
+def test_files_roll_by_size_and_stats_cover_each_chunk(store):
+    batches = [make_batch(np.arange(i * 5000, (i + 1) * 5000)) for i in range(8)]
+    chunks = write(store, batches, max_chunk_size=300_000, row_group_bytes=200_000)
+    assert len(chunks) > 1
+    assert sum(c.row_count for c in chunks) == 40_000
+    for c in chunks:
+        assert c.size_bytes == store.size(c.data_file)
+        pf = pq.ParquetFile(store.local_path(c.data_file))
+        assert pf.metadata.num_rows == c.row_count
+        st = c.stats.columns
+        assert (c.stats.ts_min, c.stats.ts_max) == (st["timestamp_ns"].min, st["timestamp_ns"].max)
+        assert st["samples"].kind == "numeric" and st["pose.frame"].kind == "textual"
+        assert st["pose.frame"].min == "f0" and st["pose.frame"].max == "f2"
+    assert [c.stats.ts_min for c in chunks] == sorted(c.stats.ts_min for c in chunks)
+
+
+def test_abort_leaves_no_unindexed_file(store):
+    w = ChunkWriter(store, "tp_A", SCHEMA, "default", max_chunk_size=1 << 30, row_group_bytes=10_000)
+    w.write(make_batch(np.arange(2000)))  # flushed into an open, unindexed chunk
+    w.abort()
+    assert store.walk_files("tp_A") == []
+
+
+def test_statistics_nan_null_and_empty():
+    schema = pa.schema([("timestamp_ns", pa.int64()), ("f", pa.float64()), ("s", pa.string()),
+                        ("big", pa.int64())])
+    st = ChunkStats(schema)
+    st.update(pa.record_batch([pa.array([1, 2, 3]), pa.array([float("nan"), 2.5, None]),
+                               pa.array([None, None, None], pa.string()),
+                               pa.array([2**62 + 1, 5, 2**53 + 1])], schema=schema))
+    f = st.columns["f"].row()
+    assert (f["min_value"], f["max_value"], f["has_nan"], f["has_null"]) == (2.5, 2.5, True, True)
+    s = st.columns["s"].row()
+    assert (s["min_value"], s["max_value"], s["has_null"]) == ("", "", True)
+    big = st.columns["big"].row()
+    assert big["min_value"] <= 5 and big["max_value"] >= 2**62 + 1  # rounded outwards
+    empty = ChunkStats(schema).columns["f"].row()
+    assert (empty["min_value"], empty["max_value"]) == NUMERIC_EMPTY
