@@ -97,6 +97,16 @@ class Catalog:
                           sequence_t.c.path_in_store.label("sequence_folder"))
                 .join(sequence_t, sequence_t.c.sequence_id == session_t.c.sequence_id))
 
+    def _lock_open_session(self, conn: Connection, session_uuid: uuidlib.UUID) -> RowMapping:
+        """Row-lock a session for the rest of the transaction; it must exist and be open."""
+        sess = conn.execute(self._session_query().where(session_t.c.session_uuid == session_uuid)
+                            .with_for_update(of=session_t)).mappings().first()
+        if sess is None:
+            raise errors.not_found(f"Session `{session_uuid}`")
+        if sess["completion_unix_tstamp"] is not None:
+            raise errors.precondition(f"Session `{sess['locator_name']}` already finalized.")
+        return sess
+
     def sessions_of(self, sequence_id: int) -> list[RowMapping]:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(session_t).where(session_t.c.sequence_id == sequence_id)
@@ -106,12 +116,7 @@ class Catalog:
     def finalize_session(self, session_uuid: uuidlib.UUID, completed_at_ns: int) -> RowMapping:
         """Lock a session once every topic is finalized (checks and update in one transaction)."""
         with self.engine.begin() as conn:
-            sess = conn.execute(self._session_query().where(session_t.c.session_uuid == session_uuid)
-                                .with_for_update(of=session_t)).mappings().first()
-            if sess is None:
-                raise errors.not_found(f"Session `{session_uuid}`")
-            if sess["completion_unix_tstamp"] is not None:
-                raise errors.precondition(f"Session `{sess['locator_name']}` already finalized.")
+            sess = self._lock_open_session(conn, session_uuid)
             topics = list(conn.execute(
                 sa.select(topic_t.c.locator_name, topic_t.c.path_in_store, topic_t.c.completion_unix_tstamp)
                 .where(topic_t.c.session_id == sess["session_id"]).order_by(topic_t.c.topic_id)).mappings())
@@ -146,12 +151,7 @@ class Catalog:
                      created_at_ns: int, sequence_locator: str) -> None:
         try:
             with self.engine.begin() as conn:
-                sess = conn.execute(self._session_query().where(session_t.c.session_uuid == session_uuid)
-                                    .with_for_update(of=session_t)).mappings().first()
-                if sess is None:
-                    raise errors.not_found(f"Session `{session_uuid}`")
-                if sess["completion_unix_tstamp"] is not None:
-                    raise errors.precondition(f"Session `{sess['locator_name']}` already finalized.")
+                sess = self._lock_open_session(conn, session_uuid)
                 if sess["sequence_locator"] != sequence_locator:
                     raise errors.unauthorized(
                         f"topic `{locator}` does not belong to the sequence `{sess['sequence_locator']}` "

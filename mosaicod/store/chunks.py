@@ -188,13 +188,13 @@ class ChunkWriter:
 
 @dataclass
 class _Run:
-    file: pq.ParquetFile
+    key: str  # chunk file; opened only while the run is being read (readers hold decoded data)
     row_group: int
     ts_min: int
     ts_max: int
 
 
-def _row_group_runs(pf: pq.ParquetFile, start: int | None, end: int | None) -> list[_Run]:
+def _row_group_runs(key: str, pf: pq.ParquetFile, start: int | None, end: int | None) -> list[_Run]:
     md = pf.metadata
     ts_col = pf.schema_arrow.get_field_index(TS)
     runs = []
@@ -209,17 +209,17 @@ def _row_group_runs(pf: pq.ParquetFile, start: int | None, end: int | None) -> l
             lo, hi = int(st.min), int(st.max)
         if (end is not None and lo >= end) or (start is not None and hi < start):
             continue
-        runs.append(_Run(pf, rg, lo, hi))
+        runs.append(_Run(key, rg, lo, hi))
     return runs
 
 
 class _RunCursor:
     """Reads one sorted run batch by batch, window-sliced; ``head`` is the current slice."""
 
-    def __init__(self, run: _Run, columns, batch_rows, start, end, schema):
+    def __init__(self, pf: pq.ParquetFile, run: _Run, columns, batch_rows, start, end, schema):
         self.run = run
-        self._it = run.file.iter_batches(batch_size=batch_rows, row_groups=[run.row_group],
-                                         columns=columns, use_threads=True)
+        self._it = pf.iter_batches(batch_size=batch_rows, row_groups=[run.row_group],
+                                   columns=columns, use_threads=True)
         self.start, self.end, self.schema = start, end, schema
         self.head: pa.RecordBatch | None = None
         self.ts: np.ndarray | None = None
@@ -232,6 +232,7 @@ class _RunCursor:
                 batch = next(self._it)
             except StopIteration:
                 self.head, self.ts, self.done = None, None, True
+                self._it = iter(())  # release the file reader and its buffers
                 return
             ts = batch.column(TS).to_numpy(zero_copy_only=False)
             lo, hi = 0, len(ts)
@@ -349,10 +350,10 @@ def read_topic(store: ObjectStore, data_files: list[str], schema: pa.Schema, sta
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     runs: list[_Run] = []
     for key in data_files:
-        runs.extend(_row_group_runs(open_parquet(store, key), start, end))
+        runs.extend(_row_group_runs(key, open_parquet(store, key), start, end))
     runs.sort(key=lambda r: (r.ts_min, r.ts_max))
 
     def make_cursor(run: _Run) -> _RunCursor:
-        return _RunCursor(run, columns, batch_rows, start, end, schema)
+        return _RunCursor(open_parquet(store, run.key), run, columns, batch_rows, start, end, schema)
 
     yield from _rebatch(_merged([], runs, make_cursor, schema), batch_rows, schema)
