@@ -15,6 +15,7 @@ binary search on the sorted timestamps.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -95,6 +96,7 @@ class ChunkWriter:
         self._writer: pq.ParquetWriter | None = None
         self._sink = None
         self._current: ChunkInfo | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- public -------------------------------------------------------------------------------
     def write(self, batch: pa.RecordBatch) -> None:
@@ -107,14 +109,18 @@ class ChunkWriter:
 
     def close(self) -> list[ChunkInfo]:
         """Flush what is buffered and close the open chunk; returns every chunk written."""
-        self._flush_row_group()
-        self._close_chunk()
+        try:
+            self._flush_row_group()
+            self._close_chunk()
+        finally:
+            self._shutdown_pool()
         return self.chunks
 
     def abort(self) -> None:
         """Drop the buffer and close the open file without reporting it (upload failed)."""
         self._buffer.clear()
         self._buffered = 0
+        self._shutdown_pool()
         if self._writer is not None:
             try:
                 self._writer.close()
@@ -139,11 +145,24 @@ class ChunkWriter:
         if self._writer is None:
             self._open_chunk()
         assert self._writer is not None and self._current is not None
-        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
-        for b in table.to_batches():
-            self._current.stats.update(b)
+        # statistics and encoding both release the GIL: compute them side by side
+        stats = self._stats_pool().submit(_update_stats, self._current.stats, table)
+        try:
+            self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        finally:
+            stats.result()
         if self._sink_position() >= self.max_chunk_size:
             self._close_chunk()
+
+    def _stats_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-stats")
+        return self._pool
+
+    def _shutdown_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _open_chunk(self) -> None:
         index = self._next_index
@@ -180,6 +199,11 @@ class ChunkWriter:
         self.chunks.append(info)
         if self.on_chunk is not None:
             self.on_chunk(info)
+
+
+def _update_stats(stats: ChunkStats, table: pa.Table) -> None:
+    for batch in table.to_batches():
+        stats.update(batch)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,6 +271,21 @@ class _RunCursor:
                 self.ts = ts[lo:hi]
                 return
 
+    def drain(self) -> Iterator[pa.RecordBatch]:
+        """Everything left in the run (when no other run overlaps it)."""
+        inside = ((self.start is None or self.run.ts_min >= self.start)
+                  and (self.end is None or self.run.ts_max < self.end))
+        while not self.done:
+            yield self.head
+            if inside:  # no window cut can fall inside this run: pass batches straight through
+                for batch in self._it:
+                    if batch.num_rows:
+                        yield batch
+                self.head, self.ts, self.done = None, None, True
+                self._it = iter(())
+                return
+            self._advance()
+
     @property
     def last(self) -> int:
         return int(self.ts[-1])
@@ -312,6 +351,10 @@ def _merged(cursors: list[_RunCursor], pending: list[_Run], make_cursor, schema)
             c = make_cursor(pending.pop(0))
             if not c.done:
                 active.append(c)
+            continue
+        if len(active) == 1 and not (pending and pending[0].ts_min <= active[0].run.ts_max):
+            for batch in active.pop().drain():  # disjoint run: no merge needed
+                yield _conform(batch, schema)
             continue
         bound = min(c.last for c in active)
         while pending and pending[0].ts_min <= bound:
