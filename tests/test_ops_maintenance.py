@@ -11,7 +11,6 @@ import pytest
 import sqlalchemy as sa
 from mosaicolabs import MosaicoClient
 
-from mosaicod.catalog import db
 from mosaicod.maintenance import cleanup
 from mosaicod.store import layout
 from mosaicod.store.objstore import ObjectStore

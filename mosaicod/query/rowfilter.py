@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .parse import Cond, OntoFilter, bad, cond_kind, kind_of
+from .parse import Cond, OntoFilter, bad, cond_kind
 
 
 class Unresolved(Exception):
