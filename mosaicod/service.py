@@ -315,7 +315,6 @@ class Mosaico:
                 "total_chunks_count": int(info["chunks"]) if info else 0},
             "time_window_info": None,
         }
-        chunks = None
         if info and info["rows"]:
             lo, hi = topic["start_index_timestamp"], topic["end_index_timestamp"]
             if lo is None:  # still uploading: range from the chunks indexed so far
