@@ -314,6 +314,15 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return batch.cast(schema)
 
 
+def _conformed(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """_conform for a stream of batches read from one file: the schema check is done once."""
+    exact = None
+    for batch in batches:
+        if exact is None:
+            exact = batch.schema.equals(schema, check_metadata=True)
+        yield batch if exact else _conform(batch, schema)
+
+
 def _rebatch(parts: Iterator[pa.RecordBatch], rows: int, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     pending: list[pa.RecordBatch] = []
     count = 0
@@ -326,8 +335,11 @@ def _rebatch(parts: Iterator[pa.RecordBatch], rows: int, schema: pa.Schema) -> I
             if pending:
                 yield pa.Table.from_batches(pending, schema=schema).combine_chunks().to_batches()[0]
                 pending, count = [], 0
-            for off in range(0, part.num_rows, rows):
-                yield part.slice(off, rows)
+            if part.num_rows <= rows:
+                yield part
+            else:
+                for off in range(0, part.num_rows, rows):
+                    yield part.slice(off, rows)
             continue
         pending.append(part)
         count += part.num_rows
@@ -353,8 +365,7 @@ def _merged(cursors: list[_RunCursor], pending: list[_Run], make_cursor, schema)
                 active.append(c)
             continue
         if len(active) == 1 and not (pending and pending[0].ts_min <= active[0].run.ts_max):
-            for batch in active.pop().drain():  # disjoint run: no merge needed
-                yield _conform(batch, schema)
+            yield from _conformed(active.pop().drain(), schema)  # disjoint run: no merge needed
             continue
         bound = min(c.last for c in active)
         while pending and pending[0].ts_min <= bound:
