@@ -406,8 +406,17 @@ def read_topic(store: ObjectStore, data_files: list[str], schema: pa.Schema, sta
     for key in data_files:
         runs.extend(_row_group_runs(key, open_parquet(store, key), start, end))
     runs.sort(key=lambda r: (r.ts_min, r.ts_max))
+    # a file stays open only while some of its runs are still to be read
+    remaining: dict[str, int] = {}
+    for r in runs:
+        remaining[r.key] = remaining.get(r.key, 0) + 1
+    open_files: dict[str, pq.ParquetFile] = {}
 
     def make_cursor(run: _Run) -> _RunCursor:
-        return _RunCursor(open_parquet(store, run.key), run, columns, batch_rows, start, end, schema)
+        pf = open_files.get(run.key) or open_files.setdefault(run.key, open_parquet(store, run.key))
+        remaining[run.key] -= 1
+        if remaining[run.key] == 0:
+            del open_files[run.key]
+        return _RunCursor(pf, run, columns, batch_rows, start, end, schema)
 
     yield from _rebatch(_merged([], runs, make_cursor, schema), batch_rows, schema)
