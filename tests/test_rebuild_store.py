@@ -36,8 +36,8 @@ def test_damaged_store_is_reported_and_the_rest_rebuilt(make_settings, tmp_path)
     settings = make_settings()
     store = ObjectStore.from_settings(settings)
     sq, [(sess, su)] = write_sequence_v1(store, "rec")
-    good = write_topic_v1(store, seq="rec", seq_folder=sq, session_locator=sess, session_uuid=su, name="good",
-                          tables=[imu_table(40, 1_000), imu_table(30, 100_000)])
+    write_topic_v1(store, seq="rec", seq_folder=sq, session_locator=sess, session_uuid=su, name="good",
+                   tables=[imu_table(40, 1_000), imu_table(30, 100_000)])
     corrupt = write_topic_v1(store, seq="rec", seq_folder=sq, session_locator=sess, session_uuid=su, name="bad",
                              tables=[imu_table(20, 5_000), imu_table(20, 50_000)])
     data = store.get_bytes(layout.data_key(corrupt, 1))
@@ -46,8 +46,8 @@ def test_damaged_store_is_reported_and_the_rest_rebuilt(make_settings, tmp_path)
     nometa = write_topic_v1(store, seq="rec", seq_folder=sq, session_locator=sess, session_uuid=su, name="nometa",
                             tables=[imu_table(5, 0)])
     store.delete(layout.metadata_key(nometa))
-    pending = write_topic_v1(store, seq="rec", seq_folder=sq, session_locator=sess, session_uuid=su,
-                             name="interrupted", tables=[imu_table(7, 0)], committed=False)
+    write_topic_v1(store, seq="rec", seq_folder=sq, session_locator=sess, session_uuid=su,
+                   name="interrupted", tables=[imu_table(7, 0)], committed=False)
     store.put_bytes("lost+found/whatever.txt", b"x")  # unknown folder
     store.put_bytes("README", b"x")  # unknown root object
     deleted = write_topic_v1(store, seq="rec", seq_folder=sq, session_locator=sess, session_uuid=su, name="deleted",

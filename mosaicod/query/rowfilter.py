@@ -293,18 +293,9 @@ def apply_op(c: Cond, vals: pa.Array, leaf: str) -> np.ndarray:
         return np.ones(n, dtype=bool)
     vals = _prep(vals, leaf)
     v = c.value
-    if c.op == "$eq":
-        return _np(_cmp(pc.equal, vals, v))
-    if c.op == "$neq":
-        return _np(_cmp(pc.not_equal, vals, v))
-    if c.op == "$lt":
-        return _np(_cmp(pc.less, vals, v))
-    if c.op == "$leq":
-        return _np(_cmp(pc.less_equal, vals, v))
-    if c.op == "$gt":
-        return _np(_cmp(pc.greater, vals, v))
-    if c.op == "$geq":
-        return _np(_cmp(pc.greater_equal, vals, v))
+    compare = _COMPARISONS.get(c.op)
+    if compare is not None:
+        return _np(_cmp(compare, vals, v))
     if c.op == "$between":
         return _np(_cmp(pc.greater_equal, vals, v[0])) & _np(_cmp(pc.less_equal, vals, v[1]))
     if c.op == "$outside":
@@ -317,6 +308,10 @@ def apply_op(c: Cond, vals: pa.Array, leaf: str) -> np.ndarray:
     if c.op == "$match":
         return _np(pc.match_substring_regex(vals, pattern=c.glob.re2_regex()))
     raise AssertionError(c.op)
+
+
+_COMPARISONS = {"$eq": pc.equal, "$neq": pc.not_equal, "$lt": pc.less, "$leq": pc.less_equal,
+                "$gt": pc.greater, "$geq": pc.greater_equal}
 
 
 def _whole_list_eq(flat: pa.Array, parents: np.ndarray, pos: np.ndarray, lengths: np.ndarray,
