@@ -33,7 +33,13 @@ or from a file named by MOSAICOD_<NAME>_FILE, and are never printed.
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Keeps description layout; shows "(default: X)" only for real parser defaults.  Options
+    that fall back to the environment / config file default to None and say so in their help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:

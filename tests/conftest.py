@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,8 +24,6 @@ import pytest
 import sqlalchemy as sa
 
 from mosaicod.config import Settings, load_settings
-
-warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------------

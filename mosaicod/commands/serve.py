@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 
-from .. import cli, logs
+from .. import allocator, cli, logs
 from ..catalog.db import CatalogUnavailable
 from ..store.objstore import StoreUnavailable
 
@@ -35,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..tls import server_tls_kwargs, warn_if_insecure
 
+    malloc = allocator.tune()  # before any server thread allocates
     settings = cli.settings_from_args(args)
     log = logs.get("mosaicod.serve")
+    log.debug("malloc settings", **malloc)
     warn_if_insecure(settings, log)
     server_tls_kwargs(settings)  # reject bad certificate/key files before starting anything
     try:
