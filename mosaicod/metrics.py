@@ -163,10 +163,14 @@ def annotate(context, *, rpc: str | None = None, resource: str | None = None,
 
 
 def count_out(context, batches):
-    """Pass ``batches`` through, counting their Arrow bytes as sent (for do_get streams)."""
+    """Pass ``batches`` through, counting their Arrow bytes as sent (for do_get streams).
+
+    Counts the size of the buffers each batch holds (``get_total_buffer_size``): the same as
+    ``nbytes`` for the unsliced batches a read mostly sends, and ~20x cheaper per batch (``nbytes``
+    cost ~5% of a whole-topic read); a window's edge slices count their whole batch."""
     mw = middleware(context)
     for batch in batches:
-        n = batch.nbytes
+        n = batch.get_total_buffer_size()
         BYTES_OUT.inc(n)
         if mw is not None:
             mw.bytes_out += n
