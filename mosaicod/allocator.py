@@ -11,7 +11,7 @@ defaults two things make the process grow with the length of an upload instead o
   freed memory.
 
 Measured with a saturating client on a 4 GiB upload: peak RSS drifted to 0.9-1.7 GB with the
-defaults; with a fixed 128 KiB threshold and two arenas it stays within 400-650 MB, like a 1 GiB
+defaults; with a fixed 128 KiB threshold and two arenas it stays within 360-670 MB, like a 1 GiB
 upload (bench/CORE_RESULTS.md).  The standard ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_ARENA_MAX``
 environment variables still win: a setting given there is left alone.
 """
