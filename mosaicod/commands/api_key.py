@@ -37,6 +37,11 @@ once.  Examples:
 """
 
 
+def _add_fingerprint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("fingerprint", metavar="FINGERPRINT",
+                   help="the key's 8-character fingerprint (last part of the key, see `list`)")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "api-key", help="manage API keys (create, list, status, revoke, purge)",
@@ -72,8 +77,7 @@ def register(subparsers) -> None:
                        description="Show the permissions, state and times of the key with this "
                                    "fingerprint.  Exit status 0 if the key is active, 3 if it is "
                                    "expired or revoked, 1 if it does not exist.")
-    p.add_argument("fingerprint", metavar="FINGERPRINT",
-                   help="the key's 8-character fingerprint (last part of the key, see `list`)")
+    _add_fingerprint(p)
     cli.add_config_options(p)
     p.set_defaults(func=run_status)
 
@@ -82,8 +86,7 @@ def register(subparsers) -> None:
                        description="Revoke the key with this fingerprint: every later call with "
                                    "it is refused, also on running servers.  Revoked keys stay "
                                    "listed until `purge`.")
-    p.add_argument("fingerprint", metavar="FINGERPRINT",
-                   help="the key's 8-character fingerprint (last part of the key, see `list`)")
+    _add_fingerprint(p)
     cli.add_config_options(p)
     p.set_defaults(func=run_revoke)
 
