@@ -33,7 +33,7 @@ import pyarrow.flight as flight
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from . import logs
+from . import errors, logs
 from .catalog.tables import api_key_t
 from .errors import MosaicoError, Kind, internal, not_found, bad_request, to_flight
 from .errors import unauthorized as _unauthorized
@@ -287,7 +287,7 @@ def verify_key(engine: Engine, token: str | None, call: str | None = None) -> Ap
             row = conn.execute(sa.select(api_key_t.c.payload_hash, *_INFO_COLUMNS).where(
                 api_key_t.c.fingerprint == fp)).first()
     except sa.exc.SQLAlchemyError as exc:
-        log.error("api key lookup failed", fingerprint=fp, error=str(exc).splitlines()[0])
+        log.error("api key lookup failed", fingerprint=fp, error=errors.first_line(exc))
         raise internal("cannot check the API key: catalog unavailable") from None
     # unknown fingerprint and wrong secret look the same to the caller
     if row is None or not hmac.compare_digest(bytes(row.payload_hash), hash_payload(fp, payload)):

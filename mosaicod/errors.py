@@ -54,6 +54,15 @@ class MosaicoError(Exception):
         self.message = message
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message, for one-line errors and log fields; ``default``
+    (or the exception's type name) when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    if lines:
+        return lines[0]
+    return type(exc).__name__ if default is None else default
+
+
 def not_found(what: str) -> MosaicoError:
     return MosaicoError(Kind.NOT_FOUND, f"{what} not found")
 

@@ -26,7 +26,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Hi
                                generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 
-from . import logs
+from . import errors, logs
 
 log = logs.get("mosaicod.requests")
 hlog = logs.get(__name__)
@@ -126,8 +126,7 @@ class MetricsMiddleware(flight.ServerMiddleware):
         if exception is None:
             log.info("request", **event)
         else:
-            log.warning("request", error=str(exception).splitlines()[0] if str(exception) else
-                        type(exception).__name__, **event)
+            log.warning("request", error=errors.first_line(exception), **event)
 
 
 class MetricsMiddlewareFactory(flight.ServerMiddlewareFactory):
@@ -220,13 +219,12 @@ def health(engine, store) -> tuple[bool, dict[str, str]]:
             conn.execute(sa.text("SELECT 1"))
         checks["catalog"] = "ok"
     except Exception as exc:
-        checks["catalog"] = "unreachable: " + (str(getattr(exc, "orig", None) or exc).strip()
-                                               .splitlines() or ["?"])[0]
+        checks["catalog"] = "unreachable: " + errors.first_line(getattr(exc, "orig", None) or exc, "?")
     try:
         store.check()
         checks["store"] = "ok"
     except Exception as exc:
-        checks["store"] = "unreachable: " + (str(exc).strip().splitlines() or ["?"])[0]
+        checks["store"] = "unreachable: " + errors.first_line(exc, "?")
     return all(v == "ok" for v in checks.values()), checks
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from . import logs
+from . import errors, logs
 from .catalog.tables import cleanup_log_t, instance_registry_t
 
 log = logs.get(__name__)
@@ -119,7 +119,7 @@ class Instance:
             try:
                 self.heartbeat()
             except Exception as exc:  # catalog down: keep trying, ps will show us stale
-                log.warning("heartbeat failed", kind=self.kind, error=str(exc).splitlines()[0])
+                log.warning("heartbeat failed", kind=self.kind, error=errors.first_line(exc))
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from .. import errors
 from ..config import Settings
 
 MIGRATION_LOCK_KEY = 0x6D6F7361  # advisory lock held while migrating ("mosa")
@@ -82,7 +83,7 @@ def connect(settings: Settings, *, migrate_schema: bool = True, pool_size: int |
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as exc:
         engine.dispose()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        reason = errors.first_line(exc.orig or exc)
         where = url.render_as_string(hide_password=True)
         raise CatalogUnavailable(f"cannot reach PostgreSQL at {where}: {reason}") from None
     if migrate_schema:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .. import logs, metrics
+from .. import errors, logs, metrics
 from ..catalog.tables import cleanup_log_t
 from ..store import layout
 from ..store.objstore import ObjectStore
@@ -145,7 +145,7 @@ def run_once(engine: Engine, store: ObjectStore, *, time_interval: int = 0,
                 try:
                     _one(store, folder, refs, retention, report, pool)
                 except Exception as exc:
-                    msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    msg = errors.first_line(exc)
                     report.failed.append([folder, msg])
                     log.warning("cleanup failed on folder", folder=folder, error=msg)
         _finish(engine, report)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import errors
 from ..store.objstore import ObjectStore
 from ..store.stats import ChunkStats
 
@@ -60,7 +61,7 @@ def decode_file(store: ObjectStore, key: str, size: int, batch_rows: int = BATCH
         if "timestamp_ns" not in schema.names or not pa.types.is_int64(schema.field("timestamp_ns").type):
             raise ValueError("no int64 timestamp_ns column")
     except Exception as exc:  # noqa: BLE001 - corrupt/truncated files are reported, not fatal
-        res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        res.error = f"{type(exc).__name__}: {errors.first_line(exc, '')}"
         return res
     res.row_count = stats.row_count
     res.arrow_size_bytes = stats.arrow_size_bytes

@@ -32,7 +32,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .. import logs, metrics
+from .. import errors, logs, metrics
 from ..catalog.repo import Catalog
 from ..catalog.tables import chunk_t, topic_optimization_t, topic_t
 from ..store import layout
@@ -203,7 +203,7 @@ class Optimizer:
                      new_folder=lease.folder, chunks_before=len(chunks), chunks_after=len(new_chunks),
                      duration_s=round(time.perf_counter() - started, 3))
         except Exception as exc:
-            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            msg = errors.first_line(exc)
             report.failed.append([locator, msg])
             log.warning("topic optimization failed; old data kept", topic=locator, error=msg)
             self._mark(lease.folder)

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import logs
+from .. import errors, logs
 from ..catalog.tables import DERIVED_TABLES, instance_registry_t, sequence_t
 from ..store import layout
 from ..store.objstore import ObjectStore
@@ -263,7 +263,7 @@ def _apply(engine: sa.Engine, loader: Loader, opts: Options, want: Rows, seq: st
         except sa.exc.IntegrityError as exc:
             loader.reset_cache()
             report.conflicts.append({"table": "sequence_t", "key": seq, "change": "insert-failed",
-                                     "error": str(exc.orig).splitlines()[0] if exc.orig else str(exc)})
+                                     "error": errors.first_line(exc.orig or exc)})
 
 
 def load_sequence_map(path: str) -> dict[str, str]:

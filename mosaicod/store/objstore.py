@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 import fsspec
 
+from .. import errors
 from ..config import Settings
 
 
@@ -68,7 +69,7 @@ class ObjectStore:
                 fs.mkdir(bucket)
             fs.ls(bucket, refresh=True)
         except Exception as exc:  # botocore/aiohttp raise a zoo of types
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = errors.first_line(exc)
             raise StoreUnavailable(f"cannot reach the S3 store {store.url}: {reason}") from None
         return store
 
