@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         return cli.fail(f"--sequence-map {args.sequence_map}: {exc}", 2)
     opts = Options(mode=args.mode, dry_run=args.dry_run, force=args.force, jobs=args.jobs, executor=args.executor,
                    sequence_map=smap, skip_anonymous=args.skip_anonymous, mark_orphans=args.mark_orphans,
-                   progress=not args.no_progress and sys.stderr.isatty())
+                   progress=not args.no_progress and sys.stderr.isatty(),
+                   heartbeat_interval=settings.heartbeat_interval)
     try:
         store = ObjectStore.from_settings(settings)
         engine = connect(settings, pool_size=2)

@@ -209,9 +209,9 @@ class Loader:
             self._columns[key] = cid
         return cid
 
-    def insert(self, conn: sa.Connection, rows: Rows, only: set[tuple[str, Any]] | None = None) -> dict[str, int]:
-        """Insert rows (``only``: the (table, key) pairs to insert; parents are looked up)."""
-        counts = dict.fromkeys(TABLE_ORDER, 0)
+    def insert(self, conn: sa.Connection, rows: Rows, only: set[tuple[str, Any]] | None = None) -> None:
+        """Insert rows (``only``: the (table, key) pairs to insert; parents not inserted here are looked
+        up once each and remembered)."""
 
         def wanted(table: str, key: Any) -> bool:
             return only is None or (table, key) in only
@@ -223,7 +223,6 @@ class Loader:
                     sequence_uuid=r["sequence_uuid"], locator_name=loc, user_metadata=_json(r["user_metadata"]),
                     path_in_store=r["path_in_store"], creation_unix_tstamp=r["creation_unix_tstamp"])
                     .returning(sequence_t.c.sequence_id)).scalar_one()
-                counts["sequence_t"] += 1
             else:
                 seq_ids[loc] = conn.execute(sa.select(sequence_t.c.sequence_id)
                                             .where(sequence_t.c.locator_name == loc)).scalar_one()
@@ -234,14 +233,15 @@ class Loader:
                     session_uuid=r["session_uuid"], locator_name=loc, sequence_id=seq_ids[r["sequence"]],
                     creation_unix_tstamp=r["creation_unix_tstamp"],
                     completion_unix_tstamp=r["completion_unix_tstamp"]).returning(session_t.c.session_id)).scalar_one()
-                counts["session_t"] += 1
         topic_ids, topic_tags = {}, {}
         for loc, r in rows.tables["topic_t"].items():
             topic_tags[loc] = r["ontology_tag"]
             if not wanted("topic_t", loc):
                 continue
-            sid = sess_ids.get(r["session"]) or conn.execute(
-                sa.select(session_t.c.session_id).where(session_t.c.locator_name == r["session"])).scalar_one()
+            sid = sess_ids.get(r["session"])
+            if sid is None:
+                sid = sess_ids[r["session"]] = conn.execute(
+                    sa.select(session_t.c.session_id).where(session_t.c.locator_name == r["session"])).scalar_one()
             topic_ids[loc] = conn.execute(sa.insert(topic_t).values(
                 topic_uuid=r["topic_uuid"], sequence_id=seq_ids[r["sequence"]], session_id=sid, locator_name=loc,
                 user_metadata=_json(r["user_metadata"]), path_in_store=r["path_in_store"],
@@ -250,7 +250,6 @@ class Loader:
                 start_index_timestamp=r["start_index_timestamp"], end_index_timestamp=r["end_index_timestamp"],
                 optimization_end_unix_tstamp=r["optimization_end_unix_tstamp"], arrow_schema=r["arrow_schema"])
                 .returning(topic_t.c.topic_id)).scalar_one()
-            counts["topic_t"] += 1
         chunk_ids, chunk_tag = {}, {}
         new_chunks = [(k, r) for k, r in rows.tables["chunk_t"].items() if wanted("chunk_t", k)]
         for key, r in rows.tables["chunk_t"].items():
@@ -258,8 +257,10 @@ class Loader:
         if new_chunks:
             params = []
             for key, r in new_chunks:
-                tid = topic_ids.get(r["topic"]) or conn.execute(
-                    sa.select(topic_t.c.topic_id).where(topic_t.c.locator_name == r["topic"])).scalar_one()
+                tid = topic_ids.get(r["topic"])
+                if tid is None:
+                    tid = topic_ids[r["topic"]] = conn.execute(
+                        sa.select(topic_t.c.topic_id).where(topic_t.c.locator_name == r["topic"])).scalar_one()
                 params.append({"chunk_uuid": stable_uuid("chunk", key), "topic_id": tid, "data_file": key,
                                "size_bytes": r["size_bytes"], "row_count": r["row_count"],
                                "arrow_size_bytes": r["arrow_size_bytes"],
@@ -268,7 +269,6 @@ class Loader:
                                                             sort_by_parameter_order=True), params)
             for cid, key in res:
                 chunk_ids[key] = cid
-            counts["chunk_t"] += len(params)
         for table, t in (("column_chunk_numeric_t", column_chunk_numeric_t),
                          ("column_chunk_textual_t", column_chunk_textual_t)):
             params = []
@@ -278,13 +278,13 @@ class Loader:
                 data_file, _, col = key.partition("#")
                 tag = chunk_tag[data_file]
                 name = col[len(tag) + 1:]
-                cid = chunk_ids.get(data_file) or conn.execute(
-                    sa.select(chunk_t.c.chunk_id).where(chunk_t.c.data_file == data_file)).scalar_one()
+                cid = chunk_ids.get(data_file)
+                if cid is None:
+                    cid = chunk_ids[data_file] = conn.execute(
+                        sa.select(chunk_t.c.chunk_id).where(chunk_t.c.data_file == data_file)).scalar_one()
                 params.append({"column_id": self.column_id(conn, name, tag), "chunk_id": cid, **r})
             if params:
                 conn.execute(sa.insert(t), params)
-                counts[table] += len(params)
-        return counts
 
 
 def _json(v: Any) -> Any:

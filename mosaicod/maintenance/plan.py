@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ulid import ULID
 
@@ -84,12 +84,32 @@ class Plan:
     uploading: list[str] = field(default_factory=list)  # topics left *Uploading*
     unattributed: list[str] = field(default_factory=list)  # anonymous sq_ folders without a name
     problems: list[Problem] = field(default_factory=list)
+    # sequence -> its sessions / topics in insertion order, built on the first lookup (and again if
+    # rows were added since); a plan is complete when build_plan returns
+    _by_sequence: tuple[int, int, dict[str, list[SessionPlan]], dict[str, list[TopicPlan]]] | None = field(
+        default=None, init=False, repr=False, compare=False)
+
+    def _index(self) -> tuple[dict[str, list[SessionPlan]], dict[str, list[TopicPlan]]]:
+        idx = self._by_sequence
+        if idx is None or idx[0] != len(self.sessions) or idx[1] != len(self.topics):
+            idx = self._by_sequence = (len(self.sessions), len(self.topics),
+                                       _group_by_sequence(self.sessions.values()),
+                                       _group_by_sequence(self.topics.values()))
+        return idx[2], idx[3]
 
     def sessions_of(self, sequence: str) -> list[SessionPlan]:
-        return [s for s in self.sessions.values() if s.sequence == sequence]
+        return list(self._index()[0].get(sequence, ()))
 
     def topics_of(self, sequence: str) -> list[TopicPlan]:
-        return [t for t in self.topics.values() if t.sequence == sequence]
+        return list(self._index()[1].get(sequence, ()))
+
+
+def _group_by_sequence(items: Iterable[Any]) -> dict[str, list]:
+    """Items (anything with a ``.sequence``) grouped by sequence name, keeping their order."""
+    out: dict[str, list] = {}
+    for x in items:
+        out.setdefault(x.sequence, []).append(x)
+    return out
 
 
 def _orphan(plan: Plan, folder: str, reason: str) -> None:
@@ -147,7 +167,7 @@ def _session_ms(session_locator: str | None) -> int | None:
         return None
 
 
-def _assign_sequences(scan: Scan, plan: Plan, topics: dict[str, TopicFolder],
+def _assign_sequences(scan: Scan, plan: Plan, topics_by_seq: dict[str, list[TopicFolder]],
                       sequence_map: dict[str, str], skip_anonymous: bool) -> dict[str, SequenceFolder | None]:
     """Sequence name -> folder (None: no folder found).  Exact for folders with a catalog block."""
     named: dict[str, SequenceFolder] = {}
@@ -168,7 +188,7 @@ def _assign_sequences(scan: Scan, plan: Plan, topics: dict[str, TopicFolder],
         else:
             anonymous.append(seq)
     # Session-file-only sequences are already named; now names referenced only by topics.
-    wanted = sorted({t.sequence for t in topics.values()} - set(named))
+    wanted = sorted(set(topics_by_seq) - set(named))
     assigned: dict[str, SequenceFolder | None] = dict(named)
     free = {s.folder: s for s in anonymous}
     for folder, name in sorted(sequence_map.items()):
@@ -186,7 +206,7 @@ def _assign_sequences(scan: Scan, plan: Plan, topics: dict[str, TopicFolder],
     for name in wanted:
         if name in assigned:
             continue
-        times = [ms for t in topics.values() if t.sequence == name
+        times = [ms for t in topics_by_seq[name]
                  for ms in [_session_ms(t.session_locator) or (t.created_at or 0) // 1_000_000] if ms]
         t_first[name] = min(times) if times else 0
     if not skip_anonymous:
@@ -212,12 +232,12 @@ def build_plan(scan: Scan, *, footer_rows: Callable[[str], int], sequence_map: d
                skip_anonymous: bool = False) -> Plan:
     plan = Plan()
     topics = _choose_topic_folders(scan, plan, footer_rows)
-    seq_folders = _assign_sequences(scan, plan, topics, sequence_map or {}, skip_anonymous)
+    topics_by_seq: dict[str, list[TopicFolder]] = _group_by_sequence(topics.values())
+    seq_folders = _assign_sequences(scan, plan, topics_by_seq, sequence_map or {}, skip_anonymous)
 
     # -- sequences --------------------------------------------------------------------------
     for name in sorted(seq_folders):
         folder = seq_folders[name]
-        seq_topics = [t for t in topics.values() if t.sequence == name]
         if folder is not None and folder.catalog:
             c = folder.catalog
             plan.sequences[name] = SequencePlan(name, str(c.get("uuid") or stable_uuid("sequence", folder.folder)),
@@ -229,6 +249,7 @@ def build_plan(scan: Scan, *, footer_rows: Callable[[str], int], sequence_map: d
             path = folder.folder
             meta = folder.user_metadata
         else:
+            seq_topics = topics_by_seq.get(name, [])
             first = [ms * 1_000_000 for t in seq_topics for ms in [_session_ms(t.session_locator)] if ms]
             first += [t.created_at for t in seq_topics if t.created_at]
             created = min(first) if first else 0

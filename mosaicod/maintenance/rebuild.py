@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import errors, logs
+from .. import errors, logs, registry
 from ..catalog.tables import DERIVED_TABLES, instance_registry_t, sequence_t
 from ..store import layout
 from ..store.objstore import ObjectStore
@@ -32,7 +32,6 @@ from .scan import Problem, scan
 log = logs.get(__name__)
 
 REBUILD_LOCK_KEY = 0x6D6F7362  # pg advisory lock key of rebuild-catalog ("mosb")
-ALIVE_SECONDS = 30
 WATCHED_KINDS = ("server", "cleanup", "store-optimizer")
 NOT_RESTORED = ("API keys, notifications, the cleanup log and the instance registry live only in the "
                 "database: they are never touched (in replace mode notifications are kept and re-attached "
@@ -56,6 +55,7 @@ class Options:
     mark_orphans: bool = False
     progress: bool = True
     batch_rows: int = decoding.BATCH_ROWS
+    heartbeat_interval: int = registry.DEFAULT_INTERVAL  # settings.heartbeat_interval: liveness as in `ps`
 
 
 @dataclass
@@ -120,12 +120,15 @@ class Report:
         return "\n".join(lines)
 
 
-def alive_instances(conn: sa.Connection, now: int | None = None) -> list[dict]:
-    now = int(time.time()) if now is None else now
+def alive_instances(conn: sa.Connection, now: int | None = None,
+                    interval: int = registry.DEFAULT_INTERVAL) -> list[dict]:
+    """Watched instances that `mosaicod ps` shows *alive* (``registry.state_of`` with ``interval``)."""
+    now = registry.now_secs() if now is None else now
     r = instance_registry_t
     q = sa.select(r.c.kind, r.c.hostname, r.c.pid, r.c.last_heartbeat_unix_tstamp_secs).where(
-        r.c.kind.in_(WATCHED_KINDS), r.c.last_heartbeat_unix_tstamp_secs >= now - ALIVE_SECONDS)
-    return [dict(x) for x in conn.execute(q).mappings()]
+        r.c.kind.in_(WATCHED_KINDS))
+    return [dict(x) for x in conn.execute(q).mappings()
+            if registry.state_of(x["last_heartbeat_unix_tstamp_secs"], interval, now) == registry.ALIVE]
 
 
 def _progress(total_bytes: int, total_files: int, enabled: bool):
@@ -150,7 +153,7 @@ def run(store: ObjectStore, engine: sa.Engine, opts: Options) -> Report:
             raise RebuildRefused("another rebuild-catalog is running on this catalog (advisory lock held)")
         try:
             if not opts.dry_run and not opts.force:
-                alive = alive_instances(lock_conn)
+                alive = alive_instances(lock_conn, interval=opts.heartbeat_interval)
                 lock_conn.commit()
                 if alive:
                     who = ", ".join(f"{a['kind']} pid {a['pid']} on {a['hostname']}" for a in alive)
@@ -256,10 +259,9 @@ def _apply(engine: sa.Engine, loader: Loader, opts: Options, want: Rows, seq: st
     if missing:
         try:
             with engine.begin() as conn:
-                counts = loader.insert(conn, want, only=missing)
+                loader.insert(conn, want, only=missing)
             report.differences.extend({**c, "change": "inserted"} for c in changes
                                       if c["change"] == "missing_in_catalog")
-            del counts
         except sa.exc.IntegrityError as exc:
             loader.reset_cache()
             report.conflicts.append({"table": "sequence_t", "key": seq, "change": "insert-failed",

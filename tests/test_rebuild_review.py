@@ -1,0 +1,89 @@
+"""rebuild-catalog review fixes: liveness of the instances that block a rebuild follows the
+registry's rule (`mosaicod ps`: alive while the heartbeat is younger than 3 x the configured
+interval), and the plan's per-sequence lookups keep the plan's order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+
+from mosaicod import registry
+from mosaicod.catalog import db as catalog_db
+from mosaicod.catalog.tables import instance_registry_t
+from mosaicod.maintenance.plan import Plan, SessionPlan, TopicPlan
+from mosaicod.maintenance.rebuild import Options, RebuildRefused, alive_instances, run
+from mosaicod.store.objstore import ObjectStore
+
+
+def _add(engine, kind: str, age: int, pid: int) -> int:
+    now = registry.now_secs()
+    with engine.begin() as c:
+        return c.execute(instance_registry_t.insert().values(
+            kind=kind, hostname="elsewhere", pid=pid, started_unix_tstamp_secs=now - age - 5,
+            last_heartbeat_unix_tstamp_secs=now - age, one_shot=False, address=None)
+            .returning(instance_registry_t.c.instance_id)).scalar_one()
+
+
+def _cli(settings, interval: int) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAICOD_")}
+    env.update(MOSAICOD_DB_URL=settings.db_url, MOSAICOD_LOG_LEVEL="warning",
+               MOSAICOD_HEARTBEAT_INTERVAL=str(interval))
+    p = subprocess.run([sys.executable, "-m", "mosaicod", "rebuild-catalog", "--no-progress", "--data-dir",
+                        settings.values["data_dir"]], env=env, capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stdout + p.stderr
+
+
+def test_liveness_uses_three_heartbeat_intervals(make_settings):
+    settings = make_settings()
+    engine = catalog_db.connect(settings, pool_size=2)
+    store = ObjectStore.from_settings(settings)
+    try:
+        young = _add(engine, "server", 45, 4242)  # > the old fixed 30 s, < 3 x 60 s
+        _add(engine, "cleanup", 3 * 60 + 20, 4343)  # > 3 x 60 s: stale, not alive
+        with engine.connect() as c:
+            assert [(a["kind"], a["pid"]) for a in alive_instances(c, interval=60)] == [("server", 4242)]
+            assert alive_instances(c, interval=registry.DEFAULT_INTERVAL) == []  # 45 s >= 3 x 10 s
+            assert alive_instances(c) == []  # default interval
+        with pytest.raises(RebuildRefused, match="server pid 4242 on elsewhere") as exc:
+            run(store, engine, Options(progress=False, heartbeat_interval=60))
+        assert "4343" not in str(exc.value)
+        # the CLI takes the interval from the settings (MOSAICOD_HEARTBEAT_INTERVAL)
+        code, out = _cli(settings, 60)
+        assert code == 1 and "uses this catalog" in out and "pid 4242" in out, out
+        code, out = _cli(settings, 10)
+        assert code == 0, out
+        # without the young row nothing is alive at 60 s either: the rebuild runs
+        with engine.begin() as c:
+            c.execute(sa.delete(instance_registry_t).where(instance_registry_t.c.instance_id == young))
+        with engine.connect() as c:
+            assert alive_instances(c, interval=60) == []
+        rep = run(store, engine, Options(progress=False, heartbeat_interval=60))
+        assert rep.files == 0
+    finally:
+        engine.dispose()
+
+
+def _topic(loc: str, seq: str) -> TopicPlan:
+    return TopicPlan(locator=loc, uuid=loc, sequence=seq, session=f"{seq}:s", user_metadata=None,
+                     path_in_store=loc, serialization_format="default", ontology_tag="IMU", created=0,
+                     completed=None, optimization_end=None, schema_bytes=None)
+
+
+def test_plan_lookups_keep_plan_order():
+    plan = Plan()
+    for loc, seq in (("b/2", "b"), ("a/9", "a"), ("b/1", "b"), ("a/1", "a"), ("b/3", "b")):
+        plan.topics[loc] = _topic(loc, seq)
+    for loc, seq in (("b:z", "b"), ("a:y", "a"), ("b:a", "b")):
+        plan.sessions[loc] = SessionPlan(loc, loc, seq, 0, None)
+    assert [t.locator for t in plan.topics_of("b")] == ["b/2", "b/1", "b/3"]
+    assert [t.locator for t in plan.topics_of("a")] == ["a/9", "a/1"]
+    assert [s.locator for s in plan.sessions_of("b")] == ["b:z", "b:a"]
+    assert plan.topics_of("c") == [] and plan.sessions_of("c") == []
+    plan.topics_of("a").clear()  # callers get their own list
+    assert len(plan.topics_of("a")) == 2
+    plan.topics["a/0"] = _topic("a/0", "a")  # rows added after a lookup are seen
+    assert [t.locator for t in plan.topics_of("a")] == ["a/9", "a/1", "a/0"]
