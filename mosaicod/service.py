@@ -227,11 +227,8 @@ class Mosaico:
                 raise errors.internal(f"could not write `{key}` to the store: {exc}") from None
 
     def _mark_deleted(self, folders: list[str]) -> None:
-        for folder in folders:
-            try:
-                self.store.put_bytes(layout.to_delete_key(folder), b"")
-            except Exception as exc:  # the catalog is authoritative; cleanup marks it later
-                log.warning("could not write TO_DELETE marker", folder=folder, error=str(exc))
+        for folder in folders:  # the catalog is authoritative: a failed marker is logged only
+            self.store.mark_deleted(folder, best_effort=True)
 
     # ------------------------------------------------------------------------------------------
     # uploads

@@ -111,10 +111,6 @@ def marker_time(store: ObjectStore, folder: str) -> float | None:
         return None
 
 
-def mark(store: ObjectStore, folder: str) -> None:
-    store.put_bytes(layout.to_delete_key(folder), b"")
-
-
 def delete_folder(store: ObjectStore, folder: str, pool: ThreadPoolExecutor) -> None:
     """Delete every object of a folder, the TO_DELETE marker last."""
     marker = layout.to_delete_key(folder)
@@ -179,7 +175,7 @@ def _one(store: ObjectStore, folder: str, refs: set[str], retention: int,
             delete_folder(store, folder, pool)
             report.deleted.append(folder)
         else:
-            mark(store, folder)
+            store.mark_deleted(folder)
             report.marked.append(folder)
             crash_point("cleanup:after_mark")
         return

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .. import errors
+from ..store.chunks import open_parquet
 from ..store.objstore import ObjectStore
 from ..store.stats import ChunkStats
 
@@ -35,12 +35,6 @@ class FileResult:
     schema_bytes: bytes | None = None
     columns: dict[str, dict] = field(default_factory=dict)  # name -> stats row (+ "kind")
     error: str | None = None
-
-
-def open_parquet(store: ObjectStore, key: str) -> pq.ParquetFile:
-    local_path = getattr(store, "local_path", None)
-    local = local_path(key) if local_path else None
-    return pq.ParquetFile(local if local is not None else store.open_read(key), memory_map=False)
 
 
 def footer_rows(store: ObjectStore, key: str) -> int:

@@ -283,9 +283,5 @@ class Optimizer:
                          .where(topic_optimization_t.c.topic_id == lease.topic_id))
 
     def _mark(self, folder: str | None) -> None:
-        if not folder:
-            return
-        try:
-            self.store.put_bytes(layout.to_delete_key(folder), b"")
-        except Exception as exc:  # cleanup marks unreferenced folders itself
-            log.warning("could not write TO_DELETE marker", folder=folder, error=str(exc))
+        if folder:
+            self.store.mark_deleted(folder, best_effort=True)

@@ -355,8 +355,8 @@ def _rebatch(parts: Iterator[pa.RecordBatch], rows: int, schema: pa.Schema) -> I
         yield from table.to_batches()
 
 
-def _merged(cursors: list[_RunCursor], pending: list[_Run], make_cursor, schema) -> Iterator[pa.RecordBatch]:
-    active = [c for c in cursors if not c.done]
+def _merged(pending: list[_Run], make_cursor, schema) -> Iterator[pa.RecordBatch]:
+    active: list[_RunCursor] = []
     pending = list(pending)
     while active or pending:
         if not active:
@@ -387,9 +387,12 @@ def _merged(cursors: list[_RunCursor], pending: list[_Run], make_cursor, schema)
             yield from table.combine_chunks().to_batches()
 
 
-def open_parquet(store: ObjectStore, key: str) -> pq.ParquetFile:
+def open_parquet(store: ObjectStore, key: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
+    """A chunk file: a native file for a local store, fsspec otherwise.  ``metadata``: the footer
+    already read once (not fetched and parsed again)."""
     local = store.local_path(key)
-    return pq.ParquetFile(local if local is not None else store.open_read(key), memory_map=False)
+    return pq.ParquetFile(local if local is not None else store.open_read(key), metadata=metadata,
+                          memory_map=False)
 
 
 def read_topic(store: ObjectStore, data_files: list[str], schema: pa.Schema, start: int | None = None,
@@ -403,8 +406,13 @@ def read_topic(store: ObjectStore, data_files: list[str], schema: pa.Schema, sta
             columns = [TS] + list(columns)
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     runs: list[_Run] = []
+    footers: dict[str, pq.FileMetaData] = {}  # footers only: the files are reopened when read
     for key in data_files:
-        runs.extend(_row_group_runs(key, open_parquet(store, key), start, end))
+        pf = open_parquet(store, key)
+        file_runs = _row_group_runs(key, pf, start, end)
+        if file_runs:
+            footers[key] = pf.metadata
+            runs.extend(file_runs)
     runs.sort(key=lambda r: (r.ts_min, r.ts_max))
     # a file stays open only while some of its runs are still to be read
     remaining: dict[str, int] = {}
@@ -413,10 +421,12 @@ def read_topic(store: ObjectStore, data_files: list[str], schema: pa.Schema, sta
     open_files: dict[str, pq.ParquetFile] = {}
 
     def make_cursor(run: _Run) -> _RunCursor:
-        pf = open_files.get(run.key) or open_files.setdefault(run.key, open_parquet(store, run.key))
+        pf = open_files.get(run.key) or open_files.setdefault(
+            run.key, open_parquet(store, run.key, footers[run.key]))
         remaining[run.key] -= 1
         if remaining[run.key] == 0:
             del open_files[run.key]
+            del footers[run.key]
         return _RunCursor(pf, run, columns, batch_rows, start, end, schema)
 
-    yield from _rebatch(_merged([], runs, make_cursor, schema), batch_rows, schema)
+    yield from _rebatch(_merged(runs, make_cursor, schema), batch_rows, schema)

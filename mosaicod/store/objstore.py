@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import fsspec
 
-from .. import errors
+from .. import errors, logs
 from ..config import Settings
 
 
@@ -93,6 +93,20 @@ class ObjectStore:
 
     def get_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
+
+    def mark_deleted(self, folder: str, *, best_effort: bool = False) -> None:
+        """Write ``<folder>/TO_DELETE``.  ``best_effort``: log a failure instead of raising (for
+        callers whose catalog change is already committed: cleanup marks unreferenced folders
+        itself later)."""
+        from .layout import to_delete_key
+
+        try:
+            self.put_bytes(to_delete_key(folder), b"")
+        except Exception as exc:
+            if not best_effort:
+                raise
+            logs.get("mosaicod.store").warning("could not write TO_DELETE marker", folder=folder,
+                                               error=str(exc))
 
     def put_json(self, key: str, doc: Any) -> None:
         from .layout import dumps
