@@ -252,7 +252,3 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError(
             f"MOSAICOD_STORE_ENDPOINT: {ep!r} must be an S3 URL (http[s]://host:port) "
             "or an absolute file:///path")
-
-
-def setting(name: str) -> Setting:
-    return _BY_NAME[name]

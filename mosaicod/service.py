@@ -21,7 +21,8 @@ from .catalog.repo import Catalog
 from .config import Settings
 from .logs import get as get_logger
 from .store import layout
-from .store.chunks import SERIALIZATION_FORMATS, TS, ChunkInfo, ChunkWriter, open_parquet, read_topic
+from .store.chunks import (SERIALIZATION_FORMATS, TS, ChunkInfo, ChunkWriter, commit_doc_for, open_parquet,
+                           read_topic)
 from .store.objstore import ObjectStore
 
 log = get_logger(__name__)
@@ -407,12 +408,8 @@ class Upload:
         svc = self.service
         svc.catalog.finalize_topic(self.topic["topic_id"], completed)
         svc.store.put_json(layout.metadata_key(self.folder), svc._topic_doc(self.topic, completed))
-        lo = min((c.stats.ts_min for c in chunks if c.stats.ts_min is not None), default=None)
-        hi = max((c.stats.ts_max for c in chunks if c.stats.ts_max is not None), default=None)
-        svc.store.put_json(layout.commit_key(self.folder), layout.commit_doc(
-            state="finalized", committed_at_ns=completed, row_count=sum(c.row_count for c in chunks),
-            timestamp_range=(lo, hi) if lo is not None else None,
-            files=[c.commit_entry() for c in chunks]))
+        svc.store.put_json(layout.commit_key(self.folder),
+                           commit_doc_for(chunks, state="finalized", committed_at_ns=completed))
 
     def abort(self) -> None:
         self.writer.abort()

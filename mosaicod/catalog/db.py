@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -123,9 +121,3 @@ def migrate(engine: Engine) -> None:
         finally:
             conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
             conn.commit()
-
-
-@contextmanager
-def transaction(engine: Engine) -> Iterator[sa.Connection]:
-    with engine.begin() as conn:
-        yield conn

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from .. import errors
 from ..store.stats import ChunkStats
-from .tables import (chunk_t, column_chunk_numeric_t, column_chunk_textual_t, column_t,
+from .tables import (chunk_overlaps, chunk_t, column_chunk_numeric_t, column_chunk_textual_t, column_t,
                      sequence_notification_t, sequence_t, session_t, topic_notification_t, topic_t)
 
 
@@ -78,18 +78,6 @@ class Catalog:
             conn.execute(session_t.insert().values(
                 session_uuid=uuid, locator_name=locator, sequence_id=sequence_id,
                 creation_unix_tstamp=created_at_ns))
-
-    def session_by_uuid(self, uuid: uuidlib.UUID, conn: Connection | None = None) -> RowMapping:
-        row = self._one(conn, self._session_query().where(session_t.c.session_uuid == uuid))
-        if row is None:
-            raise errors.not_found(f"Session `{uuid}`")
-        return row
-
-    def session_by_locator(self, locator: str) -> RowMapping:
-        row = self._one(None, self._session_query().where(session_t.c.locator_name == locator))
-        if row is None:
-            raise errors.not_found(f"Session `{locator}`")
-        return row
 
     @staticmethod
     def _session_query() -> sa.Select:
@@ -276,11 +264,7 @@ class Catalog:
         return chunk_id
 
     def chunks_of(self, topic_id: int, start: int | None = None, end: int | None = None) -> list[RowMapping]:
-        q = sa.select(chunk_t).where(chunk_t.c.topic_id == topic_id)
-        if start is not None:
-            q = q.where(sa.or_(chunk_t.c.end_timestamp_ns.is_(None), chunk_t.c.end_timestamp_ns >= start))
-        if end is not None:
-            q = q.where(sa.or_(chunk_t.c.start_timestamp_ns.is_(None), chunk_t.c.start_timestamp_ns < end))
+        q = sa.select(chunk_t).where(chunk_t.c.topic_id == topic_id, *chunk_overlaps(start, end))
         with self.engine.connect() as conn:
             return list(conn.execute(q.order_by(chunk_t.c.chunk_id)).mappings())
 

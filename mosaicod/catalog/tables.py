@@ -4,6 +4,7 @@ The schema itself is created by the Alembic migrations in ``migrations/``; this 
 describes it for queries.  Additions to upstream are marked "ours".
 """
 
+import sqlalchemy as sa
 from sqlalchemy import (BigInteger, Boolean, Column, Float, ForeignKey, Integer, LargeBinary,
                         MetaData, SmallInteger, Table, Text)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
@@ -88,6 +89,17 @@ chunk_t = Table(
     Column("start_timestamp_ns", BigInteger),  # ours: exact min timestamp_ns in the file
     Column("end_timestamp_ns", BigInteger),  # ours: exact max timestamp_ns in the file
 )
+
+
+def chunk_overlaps(start: int | None, end: int | None) -> list:
+    """WHERE clauses keeping the chunks that may hold rows in ``[start, end)`` (a chunk without a
+    recorded range is kept)."""
+    clauses = []
+    if start is not None:
+        clauses.append(sa.or_(chunk_t.c.end_timestamp_ns.is_(None), chunk_t.c.end_timestamp_ns >= start))
+    if end is not None:
+        clauses.append(sa.or_(chunk_t.c.start_timestamp_ns.is_(None), chunk_t.c.start_timestamp_ns < end))
+    return clauses
 
 column_chunk_numeric_t = Table(
     "column_chunk_numeric_t", metadata,

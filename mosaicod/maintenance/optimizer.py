@@ -36,7 +36,7 @@ from .. import errors, logs, metrics
 from ..catalog.repo import Catalog
 from ..catalog.tables import chunk_t, topic_optimization_t, topic_t
 from ..store import layout
-from ..store.chunks import ChunkInfo, ChunkWriter, open_parquet, read_topic
+from ..store.chunks import ChunkInfo, ChunkWriter, commit_doc_for, open_parquet, read_topic
 from ..store.objstore import ObjectStore
 from .faults import crash_point
 
@@ -248,13 +248,8 @@ class Optimizer:
         except BaseException:
             writer.abort()
             raise
-        rows = sum(c.row_count for c in written)
-        lo = min((c.stats.ts_min for c in written if c.stats.ts_min is not None), default=None)
-        hi = max((c.stats.ts_max for c in written if c.stats.ts_max is not None), default=None)
-        self.store.put_json(layout.commit_key(new), layout.commit_doc(
-            state="optimized", committed_at_ns=now_ns(), row_count=rows,
-            timestamp_range=(lo, hi) if lo is not None else None,
-            files=[c.commit_entry() for c in written]))
+        self.store.put_json(layout.commit_key(new),
+                            commit_doc_for(written, state="optimized", committed_at_ns=now_ns()))
         crash_point("optimizer:before_switch")
         return written
 

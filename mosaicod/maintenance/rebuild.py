@@ -22,7 +22,6 @@ import sqlalchemy as sa
 
 from .. import errors, logs, registry
 from ..catalog.tables import DERIVED_TABLES, instance_registry_t, sequence_t
-from ..store import layout
 from ..store.objstore import ObjectStore
 from . import decode as decoding
 from .load import TABLE_ORDER, Loader, Rows, current_rows, desired_rows, diff, restore_notifications, save_notifications
@@ -180,7 +179,7 @@ def _run_locked(store: ObjectStore, engine: sa.Engine, opts: Options, report: Re
                       "unattributed_sequences": plan.unattributed}
     if opts.mark_orphans and not opts.dry_run:
         for o in plan.orphaned:
-            store.put_bytes(layout.to_delete_key(o["folder"]), b"")
+            store.mark_deleted(o["folder"])
     order = sorted(plan.sequences)
     files = [(fp.key, fp.size, opts.batch_rows) for seq in order for t in plan.topics_of(seq) for fp in t.files]
     report.files = len(files)

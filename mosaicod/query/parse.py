@@ -288,11 +288,6 @@ class Query:
     topic: Section
     ontology: list[OntoFilter] | None  # None = section absent
 
-    @property
-    def restricted(self) -> bool:
-        """True when sequence/topic filters restrict the candidate topics."""
-        return bool(self.sequence) or bool(self.topic)
-
 
 def _section(name: str, raw: Any, fields: dict) -> Section:
     where = f"query.{name}"

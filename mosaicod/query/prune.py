@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..catalog.tables import chunk_t, column_chunk_numeric_t, column_chunk_textual_t, column_t, sequence_t, topic_t
+from ..catalog.tables import chunk_overlaps, chunk_t, column_chunk_numeric_t, column_chunk_textual_t, column_t, sequence_t, topic_t
 from .parse import Cond, OntoFilter
 from .rowfilter import Resolved
 
@@ -143,9 +143,5 @@ def candidate_chunks(conn: sa.Connection, tag: str, terms: list[Term], where: li
                    *[term_clause(t, ids) for t in terms])
             .order_by(topic_t.c.topic_id, chunk_t.c.start_timestamp_ns, chunk_t.c.chunk_id))
     if window is not None:
-        start, end = window
-        if start is not None:
-            stmt = stmt.where(sa.or_(chunk_t.c.end_timestamp_ns.is_(None), chunk_t.c.end_timestamp_ns >= start))
-        if end is not None:
-            stmt = stmt.where(sa.or_(chunk_t.c.start_timestamp_ns.is_(None), chunk_t.c.start_timestamp_ns < end))
+        stmt = stmt.where(*chunk_overlaps(*window))
     return list(conn.execute(stmt))

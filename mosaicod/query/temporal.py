@@ -19,14 +19,13 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from .. import errors, locators
-from ..catalog.tables import sequence_t, topic_t
+from ..catalog.tables import topic_t
+from ..store.chunks import TS, read_topic
 from ..store.objstore import ObjectStore
 from . import prune, sql
-from .engine import BATCH_ROWS
+from .engine import BATCH_ROWS, compile_for_schemas
 from .parse import OntoFilter, bad, parse_ontology_filters
-from .rowfilter import RowPredicate, Unresolved, compile_predicate
-
-TS = "timestamp_ns"
+from .rowfilter import RowPredicate
 
 
 @dataclass(frozen=True)
@@ -78,48 +77,37 @@ def parse_cluster_request(raw: Any, where: str) -> ClusterRequest:
 @dataclass(frozen=True)
 class _Prepared:
     req: ClusterRequest
-    topic_id: int
-    sequence: str
     schema: pa.Schema | None
     pred: RowPredicate
     files: list[str]
 
 
-def _prepare(conn: sa.Connection, req: ClusterRequest, where: str) -> _Prepared:
-    row = conn.execute(sa.select(topic_t.c.topic_id, topic_t.c.ontology_tag, topic_t.c.arrow_schema,
-                                 sequence_t.c.locator_name)
+def _prepare(conn: sa.Connection, req: ClusterRequest) -> _Prepared:
+    row = conn.execute(sa.select(topic_t.c.topic_id, topic_t.c.ontology_tag, topic_t.c.arrow_schema)
                        .select_from(sql.topics_from())
                        .where(topic_t.c.locator_name == req.locator)).first()
     if row is None:
         raise errors.not_found(f"topic `{req.locator}`")
-    topic_id, tag, blob, seq = row
+    topic_id, tag, blob = row
     for f in req.filters:
         if f.tag != tag:
             raise bad(f.where, f"wrong ontology tag {f.tag}, topic uses {tag}")
     if blob is None:
-        return _Prepared(req, topic_id, seq, None, RowPredicate(()), [])
+        return _Prepared(req, None, RowPredicate(()), [])
     schema = pa.ipc.read_schema(pa.py_buffer(blob))
-    try:
-        pred = compile_predicate(schema, req.filters)
-    except Unresolved as exc:
-        raise bad(exc.where, f"unknown field: {exc.message}") from None
-    terms = [] if not req.filters else [
-        prune.term_for(f, [p.res]) for f, p in zip(req.filters, pred.parts)]
+    preds, terms = compile_for_schemas({"": schema}, req.filters)
     rows = prune.candidate_chunks(conn, tag, terms, [topic_t.c.topic_id == topic_id],
                                   window=(req.start, req.end))
     files = [r.data_file for r in rows or []]
-    return _Prepared(req, topic_id, seq, schema, pred, files)
+    return _Prepared(req, schema, preds[""], files)
 
 
 def _matching_timestamps(store: ObjectStore, p: _Prepared) -> Iterator[np.ndarray]:
     """Ascending arrays of matching timestamps, one per batch read."""
     if p.schema is None or not p.files:
         return
-    from ..store.chunks import read_topic
-
-    cols = [c for c in p.pred.columns if c != TS]
     for batch in read_topic(store, p.files, p.schema, p.req.start, p.req.end,
-                            columns=[TS] + cols, batch_rows=BATCH_ROWS):
+                            columns=p.pred.columns, batch_rows=BATCH_ROWS):
         ts = batch.column(TS)
         if ts.null_count:
             raise errors.internal(f"topic `{p.req.locator}` has rows with a null timestamp_ns")
@@ -155,7 +143,7 @@ def clusterize(engine: sa.Engine, store: ObjectStore, body: dict) -> Iterator[di
     """Validate now (errors raise here), then return the lazy stream of clusters."""
     req = parse_cluster_request(body, "topic_filter_clusterize")
     with engine.connect() as conn:
-        p = _prepare(conn, req, "topic_filter_clusterize")
+        p = _prepare(conn, req)
     return _numbered(_clusters(store, p))
 
 
@@ -172,7 +160,7 @@ def intersect(engine: sa.Engine, store: ObjectStore, body: dict) -> Iterator[dic
     if len(seqs) > 1:
         raise bad(f"{where}.topics", f"all topics must belong to the same sequence, got {sorted(seqs)}")
     with engine.connect() as conn:
-        prepared = [_prepare(conn, r, f"{where}.topics[{i}]") for i, r in enumerate(reqs)]
+        prepared = [_prepare(conn, r) for r in reqs]
     return _numbered(_intersect(store, prepared, dt))
 
 

@@ -62,6 +62,16 @@ class ChunkInfo:
                 "row_count": self.stats.row_count, "arrow_size_bytes": self.stats.arrow_size_bytes}
 
 
+def commit_doc_for(chunks: list[ChunkInfo], *, state: str, committed_at_ns: int) -> dict:
+    """The ``_COMMIT.json`` document of a topic folder holding ``chunks``."""
+    lo = min((c.stats.ts_min for c in chunks if c.stats.ts_min is not None), default=None)
+    hi = max((c.stats.ts_max for c in chunks if c.stats.ts_max is not None), default=None)
+    return layout.commit_doc(state=state, committed_at_ns=committed_at_ns,
+                             row_count=sum(c.row_count for c in chunks),
+                             timestamp_range=(lo, hi) if lo is not None else None,
+                             files=[c.commit_entry() for c in chunks])
+
+
 def _is_sorted(ts: pa.Array) -> bool:
     if len(ts) < 2:
         return True
@@ -81,7 +91,7 @@ class ChunkWriter:
 
     def __init__(self, store: ObjectStore, folder: str, schema: pa.Schema, serialization_format: str,
                  *, max_chunk_size: int, row_group_bytes: int,
-                 on_chunk: Callable[[ChunkInfo], None] | None = None, first_index: int = 0):
+                 on_chunk: Callable[[ChunkInfo], None] | None = None):
         self.store = store
         self.folder = folder
         self.schema = schema
@@ -90,7 +100,7 @@ class ChunkWriter:
         self.row_group_bytes = row_group_bytes
         self.on_chunk = on_chunk
         self.chunks: list[ChunkInfo] = []
-        self._next_index = first_index
+        self._next_index = 0
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
         self._writer: pq.ParquetWriter | None = None
@@ -130,10 +140,6 @@ class ChunkWriter:
                 if self._current is not None:  # never indexed: do not leave a valid-looking file
                     self.store.delete(self._current.data_file)
                     self._current = None
-
-    @property
-    def row_count(self) -> int:
-        return sum(c.row_count for c in self.chunks)
 
     # -- internals ----------------------------------------------------------------------------
     def _flush_row_group(self) -> None:
