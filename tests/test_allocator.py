@@ -54,7 +54,10 @@ def test_tune_applies_both_settings():
                                   "MALLOC_ARENA_MAX": allocator.ARENA_MAX}
 
 
+@glibc_only
 def test_environment_settings_win():
     env = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "4"}
     assert allocator.tune(env) == {}
     assert allocator.tune({"MALLOC_ARENA_MAX": "4"}).keys() <= {"MALLOC_MMAP_THRESHOLD_"}
+    assert allocator.tune({"MALLOC_ARENA_MAX": "4"}) == {"MALLOC_MMAP_THRESHOLD_": allocator.MMAP_THRESHOLD}
+    assert allocator.tune({"MALLOC_MMAP_THRESHOLD_": "65536"}) == {"MALLOC_ARENA_MAX": allocator.ARENA_MAX}

@@ -31,6 +31,26 @@ def test_help_explains_configuration():
         assert needle in out
 
 
+@pytest.mark.parametrize("command", [
+    ["serve"], ["cleanup"], ["store-optimizer"], ["ps"], ["rebuild-catalog"],
+    # `api-key` itself only lists its actions; the configuration options are on each action
+    ["api-key", "create"], ["api-key", "list"], ["api-key", "status"], ["api-key", "revoke"],
+    ["api-key", "purge"],
+])
+def test_every_command_help_has_the_configuration_options(command):
+    res = run(command + ["--help"])
+    assert res.returncode == 0, res.stderr
+    for needle in ("--config", "--data-dir", "--log-level", "--log-format"):
+        assert needle in res.stdout, (command, needle)
+
+
+def test_api_key_help_lists_its_actions():
+    res = run(["api-key", "--help"])
+    assert res.returncode == 0, res.stderr
+    for action in ("create", "list", "status", "revoke", "purge"):
+        assert action in res.stdout
+
+
 def test_unreachable_postgres_is_a_one_line_error(tmp_path):
     port = free_port()  # nothing listens there
     res = run(["serve", "--data-dir", str(tmp_path)],
