@@ -9,6 +9,10 @@ import uuid
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+import sqlalchemy as sa
+
+from mosaicod import errors
+from mosaicod.catalog.tables import chunk_t
 
 SCHEMA = pa.schema([pa.field("timestamp_ns", pa.int64(), nullable=False),
                     pa.field("data", pa.float64(), nullable=False)])
@@ -162,8 +166,54 @@ def test_do_put_refusals(raw_client, stored):
     assert_intact(raw_client)
 
 
-def test_schema_change_mid_stream_is_refused(raw_client, stored):
-    _, tid = new_topic(raw_client, "mid", "t")
+def _topic_row(server, locator: str):
+    return server.runtime.catalog.topic(locator)
+
+
+def _chunk_rows(server, topic_id: int) -> int:
+    with server.runtime.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(chunk_t)
+                            .where(chunk_t.c.topic_id == topic_id)).scalar_one()
+
+
+def _store_keys(server, folder: str) -> list[str]:
+    return [key for key, _size in server.runtime.store.walk_files(folder)]
+
+
+def assert_aborted_upload(raw_client, server, sess: str, locator: str) -> None:
+    """What the server leaves after an aborted DoPut stream (service.Upload.abort): the topic stays
+    claimed by the upload (path_in_store set, never finalized), nothing is indexed or committed,
+    no chunk file is left behind, and neither a new DoPut nor session_finalize accepts it."""
+    info = raw_client.get_flight_info(flight.FlightDescriptor.for_command(
+        json.dumps({"resource_locator": locator}).encode()))
+    meta = json.loads(info.endpoints[0].app_metadata)
+    assert meta["locked"] is False and meta["completed_at_ns"] is None
+    assert meta["data_info"] == {"interval": None, "total_row_count": 0, "total_bytes": 0,
+                                 "total_chunks_count": 0}
+    assert raw_client.do_get(info.endpoints[0].ticket).read_all().num_rows == 0
+    row = _topic_row(server, locator)
+    assert row["completion_unix_tstamp"] is None
+    assert row["path_in_store"] is not None  # the upload had started before the abort
+    assert _chunk_rows(server, row["topic_id"]) == 0
+    keys = _store_keys(server, row["path_in_store"])
+    assert not [k for k in keys if k.endswith(".parquet")], keys
+    assert not [k for k in keys if k.endswith("_COMMIT.json")], keys
+    with pytest.raises(pa.ArrowInvalid, match="already uploading data"):
+        act(raw_client, "session_finalize", {"session_uuid": sess})
+    with pytest.raises(pa.ArrowInvalid, match="already uploading data"):
+        put(raw_client, locator, str(row["topic_uuid"]), [batch([7])])
+
+
+def test_schema_change_mid_stream_is_refused(raw_client, server, stored):
+    """A batch whose schema differs from the stream schema never reaches the server over the wire:
+    pyarrow's client writer refuses it (ArrowInvalid) before sending, and in the IPC stream format
+    the server decodes every batch against the schema sent first, so the server-side comparison in
+    ``service.Upload.write`` cannot be triggered through pyarrow.flight.  What the server does see
+    is checked here: after the client-side refusal the stream is still open, a non-batch message
+    (metadata only) makes the server abort it, and the aborted upload commits nothing.  The
+    server-side schema comparison itself is exercised in-process in
+    ``test_upload_write_refuses_a_batch_with_another_schema``."""
+    sess, tid = new_topic(raw_client, "mid", "t")
     desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "mid/t", "topic_uuid": tid}).encode())
     writer, _ = raw_client.do_put(desc, SCHEMA)
     writer.write_batch(batch([1, 2]))
@@ -171,6 +221,29 @@ def test_schema_change_mid_stream_is_refused(raw_client, stored):
     with pytest.raises((pa.ArrowInvalid, flight.FlightError)):
         writer.write_batch(pa.record_batch([pa.array([3]), pa.array(["x"])], schema=other))
         writer.close()
+    # the stream is still open on the server: a metadata-only message is refused there and aborts it
+    with pytest.raises(flight.FlightError, match="Unsupported stream message, stream aborted"):
+        writer.write_metadata(b"not a record batch")
+        writer.close()
+    assert_aborted_upload(raw_client, server, sess, "mid/t")
+    assert_intact(raw_client)
+
+
+def test_upload_write_refuses_a_batch_with_another_schema(raw_client, server, stored):
+    """The server-side schema check (``service.Upload.write``), driven in-process because no Flight
+    client can put such a batch on the wire (see the test above)."""
+    sess, tid = new_topic(raw_client, "mid2", "t")
+    service = server.flight.service
+    upload = service.begin_upload(json.dumps({"resource_locator": "mid2/t", "topic_uuid": tid}).encode(),
+                                  SCHEMA)
+    upload.write(batch([1, 2]))
+    other = pa.schema([pa.field("timestamp_ns", pa.int64()), pa.field("data", pa.string())])
+    with pytest.raises(errors.MosaicoError, match="batch schema differs") as info:
+        upload.write(pa.record_batch([pa.array([3], pa.int64()), pa.array(["x"])], schema=other))
+    assert info.value.kind is errors.Kind.ABORTED
+    assert upload.rows == 2  # the refused batch was not counted (nor written)
+    upload.abort()  # what server.do_put does on any failure of the stream
+    assert_aborted_upload(raw_client, server, sess, "mid2/t")
     assert_intact(raw_client)
 
 

@@ -54,14 +54,11 @@ def _exercise(a, b, env_ps: dict, ps_args: list[str]) -> None:
         results: list[str] = []
 
         def create_same(srv):
-            c = MosaicoClient.connect("127.0.0.1", srv.port)
             try:
                 write_sequence(srv.port, "ops_race", {"t": 5}, seed=srv.port)
                 results.append("ok")
             except Exception as exc:  # noqa: BLE001
-                results.append(type(exc).__name__)
-            finally:
-                c.close()
+                results.append(f"{type(exc).__name__}: {exc}")
 
         racers = [threading.Thread(target=create_same, args=(s,)) for s in (a, b)]
         for t in racers:
@@ -69,6 +66,11 @@ def _exercise(a, b, env_ps: dict, ps_args: list[str]) -> None:
         for t in racers:
             t.join(60)
         assert results.count("ok") <= 1
+        # sequence names are unique in the shared catalog: whoever creates it first wins, the
+        # other's sequence_create is refused; both racers must have finished
+        assert len(results) == 2, results
+        assert results.count("ok") == 1, results
+        assert "Sequence `ops_race` already exists" in next(r for r in results if r != "ok"), results
         assert "ops_race" in cb.list_sequences()
         assert read_topic(a.location, "ops_race/t").num_rows == 5
 

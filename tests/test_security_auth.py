@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from mosaicolabs import MosaicoClient, Message, QuerySequence, SessionLevelErrorPolicy, Temperature
 
 from mosaicod import auth
-from mosaicod.catalog.tables import session_t, sequence_t
+from mosaicod.catalog.tables import chunk_t, session_t, sequence_t
 from mosaicod.config import load_settings
 from mosaicod.permissions import Permission
 from tests.conftest import create_database, drop_database, start_in_process
@@ -168,7 +168,52 @@ def test_refused_do_put_does_no_work(srv, admin):
     with srv.runtime.engine.connect() as conn:
         after = conn.execute(sa.select(sa.func.count()).select_from(sequence_t)).scalar()
     assert after == before
+
+    # a real DoPut with a read-only key on a topic that is ready for its upload
+    admin_client, admin_opts = raw(srv, mint(srv, R | W | D))
+    seq = f"refused_put_{int(time.time() * 1000)}"
+    _raw_action(admin_client, admin_opts, "sequence_create", {"locator": seq, "user_metadata": {}})
+    sess = _raw_action(admin_client, admin_opts, "session_create", {"locator": seq})
+    tid = _raw_action(admin_client, admin_opts, "topic_create", {
+        "session_uuid": sess["uuid"], "locator": f"{seq}/t", "serialization_format": "default",
+        "ontology_tag": "Temperature", "user_metadata": {}})["uuid"]
+    store = srv.runtime.store
+    folders_before = store.list_dir()
+    descriptor = flight.FlightDescriptor.for_command(json.dumps(
+        {"resource_locator": f"{seq}/t", "topic_uuid": tid}).encode())
+    schema = pa.schema([("timestamp_ns", pa.int64()), ("value", pa.float64())])
+    with pytest.raises(flight.FlightUnauthorizedError) as exc:
+        writer, _ = client.do_put(descriptor, schema, options=opts)
+        writer.write_table(pa.table({"timestamp_ns": pa.array([1, 2, 3], pa.int64()),
+                                     "value": pa.array([1.0, 2.0, 3.0])}))
+        writer.close()
+    assert_refused(exc, "does not have WRITE permissions")
+    topic = srv.runtime.catalog.topic(f"{seq}/t")
+    assert topic["path_in_store"] is None and topic["arrow_schema"] is None  # upload never claimed
+    assert topic["completion_unix_tstamp"] is None
+    with srv.runtime.engine.connect() as conn:
+        chunks = conn.execute(sa.select(sa.func.count()).select_from(chunk_t)
+                              .where(chunk_t.c.topic_id == topic["topic_id"])).scalar_one()
+    assert chunks == 0
+    assert store.list_dir() == folders_before  # no topic folder (hence no data file) was created
+    assert not [k for k, _ in store.walk_files("") if k.endswith(".parquet")
+                and k.split("/")[0] not in folders_before]
+    # the refused stream left the topic untouched: the writer can still upload it
+    writer, _ = admin_client.do_put(descriptor, schema, options=admin_opts)
+    writer.write_table(pa.table({"timestamp_ns": pa.array([1, 2, 3], pa.int64()),
+                                 "value": pa.array([1.0, 2.0, 3.0])}))
+    writer.close()
+    _raw_action(admin_client, admin_opts, "session_finalize", {"session_uuid": sess["uuid"]})
+    topic = srv.runtime.catalog.topic(f"{seq}/t")
+    assert topic["completion_unix_tstamp"] is not None
+    assert [k for k, _ in store.walk_files(topic["path_in_store"]) if k.endswith(".parquet")]
+    admin_client.close()
     client.close()
+
+
+def _raw_action(client, opts, name: str, body: dict):
+    results = list(client.do_action(flight.Action(name, json.dumps(body).encode()), options=opts))
+    return json.loads(results[0].body.to_pybytes())["response"] if results else None
 
 
 # --------------------------------------------------------------------------- permissions

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mosaicod import tls
@@ -62,13 +64,21 @@ def test_bad_files_are_clear_errors(pem, tmp_path, cert, key, ca, match):
         tls.server_tls_kwargs(settings)
 
 
-def test_unreadable_file(pem, tmp_path):
-    import os
-
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file")
+def test_unreadable_file(pem, tmp_path, monkeypatch):
+    """Tests run as root, who reads a chmod-0 file anyway: the permission error is simulated on the
+    read tls.py does (Path.read_bytes), for this one path only."""
     locked = tmp_path / "locked.pem"
     locked.write_bytes(pem["key"].read_bytes())
     locked.chmod(0)
-    with pytest.raises(ConfigError, match="cannot read"):
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(ConfigError, match="cannot read") as exc:
         tls.server_tls_kwargs(_settings(tls_cert_file=pem["cert"], tls_private_key_file=locked))
+    assert "Permission denied" in str(exc.value)
+    assert "MOSAICOD_TLS_PRIVATE_KEY_FILE" in str(exc.value) and str(locked) in str(exc.value)
