@@ -56,18 +56,14 @@ def build_server(runtime: Runtime, *, host: str | None = None, port: int | None 
     settings = runtime.settings
     host = host or settings.host
     port = settings.port if port is None else port
-    kwargs: dict = {}
-    scheme = "grpc"
-    if settings.tls_enabled:
-        from .tls import server_tls_kwargs
+    from .tls import scheme, server_tls_kwargs
 
-        kwargs.update(server_tls_kwargs(settings))
-        scheme = "grpc+tls"
-    location = f"{scheme}://{host}:{port}"
+    kwargs = server_tls_kwargs(settings)  # {} without TLS
+    location = f"{scheme(settings)}://{host}:{port}"
     try:
         return MosaicoFlightServer(Mosaico(settings, runtime.catalog, runtime.store), location,
                                    middleware=server_middleware(settings, runtime), **kwargs)
-    except (OSError, flight.FlightError, Exception) as exc:
-        if isinstance(exc, ConfigError):
-            raise
+    except ConfigError:
+        raise
+    except Exception as exc:  # the port is taken, the address is not local, ...
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None

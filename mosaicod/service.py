@@ -316,9 +316,7 @@ class Mosaico:
         if info and info["rows"]:
             lo, hi = topic["start_index_timestamp"], topic["end_index_timestamp"]
             if lo is None:  # still uploading: range from the chunks indexed so far
-                chunks = self.catalog.chunks_of(topic["topic_id"])
-                lo = min(c["start_timestamp_ns"] for c in chunks)
-                hi = max(c["end_timestamp_ns"] for c in chunks)
+                lo, hi = info["ts_min"], info["ts_max"]
             meta["data_info"]["interval"] = interval(lo, hi)
         if start is not None or end is not None:
             meta["time_window_info"] = self._window_info(topic, start, end)

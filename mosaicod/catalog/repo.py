@@ -269,14 +269,15 @@ class Catalog:
             return list(conn.execute(q.order_by(chunk_t.c.chunk_id)).mappings())
 
     def data_info(self, topic_ids: Sequence[int]) -> dict[int, RowMapping]:
-        """Whole-topic totals (chunks, bytes, rows, arrow bytes) per topic id."""
+        """Whole-topic totals per topic id: chunks, bytes, rows, and the timestamp range of the
+        indexed chunks (``ts_min``/``ts_max``; for an upload still running)."""
         if not topic_ids:
             return {}
         q = (sa.select(chunk_t.c.topic_id, sa.func.count().label("chunks"),
                        sa.func.coalesce(sa.func.sum(chunk_t.c.size_bytes), 0).label("bytes"),
                        sa.func.coalesce(sa.func.sum(chunk_t.c.row_count), 0).label("rows"),
-                       sa.func.coalesce(sa.func.sum(sa.func.coalesce(chunk_t.c.arrow_size_bytes,
-                                                                     chunk_t.c.size_bytes)), 0).label("arrow_bytes"))
+                       sa.func.min(chunk_t.c.start_timestamp_ns).label("ts_min"),
+                       sa.func.max(chunk_t.c.end_timestamp_ns).label("ts_max"))
              .where(chunk_t.c.topic_id.in_(list(topic_ids))).group_by(chunk_t.c.topic_id))
         with self.engine.connect() as conn:
             return {r["topic_id"]: r for r in conn.execute(q).mappings()}
