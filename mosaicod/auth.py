@@ -351,7 +351,7 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):
                 except ValueError:
                     pass
                 log.info("call refused", call=call, fingerprint=fp, reason=err.message)
-            raise to_flight(err) from None
+            raise to_flight(err, call) from None
         return AuthMiddleware(key)
 
 

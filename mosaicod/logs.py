@@ -32,10 +32,12 @@ def configure(level: str = "info", fmt: str = "pretty") -> None:
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
         processors.append(structlog.processors.format_exc_info)
-    elif fmt == "plain":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # Plain tracebacks in every format: structlog's default exception formatter (rich, or
+        # better-exceptions) renders each frame's local variables, which took seconds for one
+        # failed request holding a large body.  Tracebacks are full, locals never printed.
+        renderer = structlog.dev.ConsoleRenderer(colors=fmt != "plain" and sys.stderr.isatty(),
+                                                 exception_formatter=structlog.dev.plain_traceback)
     structlog.configure(
         processors=processors + [renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

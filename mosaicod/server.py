@@ -21,39 +21,31 @@ log = get_logger(__name__)
 ALL_PERMISSIONS = Permission.READ | Permission.WRITE | Permission.DELETE
 
 
-def _convert(exc: BaseException, rpc: str) -> BaseException:
-    if isinstance(exc, errors.MosaicoError):
-        return errors.to_flight(exc)
-    if isinstance(exc, (flight.FlightError, NotImplementedError)):
-        return exc
-    log.exception("internal error", rpc=rpc)
-    return flight.FlightInternalError(f"Internal error: {type(exc).__name__}: {exc}")
-
-
 def endpoint(rpc: str) -> Callable:
-    """Convert every failure of an endpoint into the Flight error of its kind."""
+    """The error boundary of an RPC: every failure leaves as the Flight error of its kind
+    (``errors.to_wire``); internal ones are logged with their traceback under an error id."""
 
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def inner(self, context, *args):
             try:
                 return fn(self, context, *args)
+            except (KeyboardInterrupt, SystemExit):
+                raise
             except BaseException as exc:  # noqa: BLE001 - re-raised as a Flight error
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise
-                raise _convert(exc, rpc) from None
+                raise errors.to_wire(exc, rpc) from None
         return inner
     return wrap
 
 
 def _guard_stream(it: Iterator, rpc: str) -> Iterator:
-    """Errors raised while streaming also go through the error table."""
+    """The same boundary for every item of a streamed response."""
     try:
         yield from it
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
     except BaseException as exc:  # noqa: BLE001
-        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        raise _convert(exc, rpc) from None
+        raise errors.to_wire(exc, rpc) from None
 
 
 def _result(action: str, payload: Any) -> flight.Result:
@@ -64,6 +56,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
     def __init__(self, service: Mosaico, location: str, *,
                  middleware: dict[str, flight.ServerMiddlewareFactory] | None = None,
                  **flight_kwargs: Any):
+        errors.install_wire_formatting()  # no traceback in any status detail (see errors.py)
         super().__init__(location, middleware=middleware or None, **flight_kwargs)
         self.service = service
         self._actions: dict[str, Callable[[dict], Any]] = {
@@ -105,7 +98,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
         handler = self._actions.get(name)
         streaming = self._streaming_actions.get(name)
         if handler is None and streaming is None:
-            raise errors.bad_request(f"no available action for string `{name}`")
+            raise errors.bad_request(f"no available action for string `{errors.shown(name)}`")
         self._require(context, ACTION_PERMISSIONS[name], name)
         body = parse_json_object(action.body.to_pybytes())
         metrics.annotate(context, rpc=name, resource=body.get("locator") or body.get("name"))
@@ -212,4 +205,4 @@ class MosaicoFlightServer(flight.FlightServerBase):
                 for name in self.service.catalog.sequence_names()]
 
     def do_exchange(self, context, descriptor, reader, writer):
-        raise NotImplementedError("Unimplemented: DoExchange is not supported by mosaicod")
+        raise errors.Unimplemented("Unimplemented: DoExchange is not supported by mosaicod")
