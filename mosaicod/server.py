@@ -14,7 +14,8 @@ import pyarrow.flight as flight
 from . import errors, metrics
 from .logs import get as get_logger
 from .permissions import ACTION_PERMISSIONS, RPC_PERMISSIONS, Permission, camel
-from .service import Mosaico, Ticket, parse_json_object
+from .service import Mosaico, parse_json_object
+from .tickets import TopicTicket
 
 log = get_logger(__name__)
 
@@ -182,14 +183,12 @@ class MosaicoFlightServer(flight.FlightServerBase):
         from . import locators
 
         cmd = parse_json_object(descriptor.command, "command")
-        raw = cmd.get("resource_locator")
-        topic = self.service.catalog.topic(locators.topic(raw))
-        return flight.SchemaResult(self.service.topic_schema(topic))
+        return flight.SchemaResult(self.service.returned_schema(locators.topic(cmd.get("resource_locator"))))
 
     @endpoint("do_get")
     def do_get(self, context, ticket: flight.Ticket):
         self._require(context, RPC_PERMISSIONS["do_get"])
-        decoded = Ticket.decode(ticket.ticket)
+        decoded = TopicTicket.decode(ticket.ticket)
         metrics.annotate(context, resource=decoded.locator)
         schema, batches = self.service.read(decoded)
         return flight.GeneratorStream(schema, _guard_stream(metrics.count_out(context, batches), "do_get"))

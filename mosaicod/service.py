@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import time
 import uuid as uuidlib
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from . import __version__, errors, locators
+from . import __version__, errors, locators, views
 from .catalog.repo import Catalog
 from .config import Settings
 from .logs import get as get_logger
@@ -24,6 +23,7 @@ from .store import layout
 from .store.chunks import (SERIALIZATION_FORMATS, TS, ChunkInfo, ChunkWriter, commit_doc_for, open_parquet,
                            read_topic)
 from .store.objstore import ObjectStore
+from .tickets import TopicTicket
 
 log = get_logger(__name__)
 
@@ -81,23 +81,6 @@ def _window(start: Any, end: Any) -> tuple[int | None, int | None]:
 
 def interval(lo: int | None, hi: int | None) -> dict | None:
     return None if lo is None or hi is None else {"start_ns": int(lo), "end_ns": int(hi)}
-
-
-@dataclass
-class Ticket:
-    locator: str
-    start: int | None
-    end: int | None
-
-    def encode(self) -> bytes:
-        return json.dumps({"locator": self.locator, "start": self.start, "end": self.end}).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> "Ticket":
-        doc = parse_json_object(raw, "ticket")
-        locator = locators.topic(field(doc, "locator"))
-        start, end = _window(doc.get("start"), doc.get("end"))
-        return cls(locator, start, end)
 
 
 class Mosaico:
@@ -320,7 +303,7 @@ class Mosaico:
             meta["data_info"]["interval"] = interval(lo, hi)
         if start is not None or end is not None:
             meta["time_window_info"] = self._window_info(topic, start, end)
-        return Ticket(topic["locator_name"], start, end).encode(), meta
+        return TopicTicket(topic["locator_name"], start, end).encode(), meta
 
     def _window_info(self, topic, start: int | None, end: int | None) -> dict:
         rows, lo, hi = 0, None, None
@@ -356,19 +339,29 @@ class Mosaico:
                 hi = int(sel.max()) if hi is None else max(hi, int(sel.max()))
         return n, lo, hi
 
-    def read(self, ticket: Ticket) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    def returned_schema(self, locator: str) -> pa.Schema:
+        """The schema GetSchema returns: the stored one with upstream's top-level view types."""
+        return views.view_schema(self.topic_schema(self.catalog.topic(locator)))
+
+    def read(self, ticket: TopicTicket) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """The DoGet stream of a ticket: its schema and batches, top-level string/binary columns
+        as view types (mosaicod/views.py)."""
         topic = self.catalog.topic(ticket.locator)
+        if topic["arrow_schema"] is None:
+            raise errors.precondition(f"DoPut not called for topic `{ticket.locator}`: it has no data to read "
+                                      "(upload data with DoPut first)")
         schema = self.topic_schema(topic)
         chunks = self.catalog.chunks_of(topic["topic_id"], ticket.start, ticket.end)
         if not chunks:
-            return schema, iter(())
+            return views.view_schema(schema), iter(())
         rows = sum(c["row_count"] for c in chunks) or 1
         arrow_bytes = sum(c["arrow_size_bytes"] or c["size_bytes"] for c in chunks)
         per_row = max(1, arrow_bytes // rows)
         batch_rows = max(1, min(self.settings.max_batch_size,
                                 self.settings.target_grpc_encode_message_size // per_row))
         files = [c["data_file"] for c in chunks]
-        return schema, read_topic(self.store, files, schema, ticket.start, ticket.end, batch_rows=batch_rows)
+        batches = read_topic(self.store, files, schema, ticket.start, ticket.end, batch_rows=batch_rows)
+        return views.view_schema(schema), views.view_batches(batches, schema)
 
 
 class Upload:
