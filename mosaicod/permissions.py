@@ -14,6 +14,7 @@ class Permission(enum.IntFlag):
 
 ACTION_PERMISSIONS: dict[str, Permission] = {
     "info": Permission.NONE,
+    "version": Permission.NONE,  # older dialect's `info`
     "sequence_create": Permission.WRITE,
     "session_create": Permission.WRITE,
     "session_finalize": Permission.WRITE,

@@ -62,6 +62,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
         self.service = service
         self._actions: dict[str, Callable[[dict], Any]] = {
             "info": service.info,
+            "version": service.info,  # the older dialect's name of `info`
             "sequence_create": service.sequence_create,
             "session_create": service.session_create,
             "topic_create": service.topic_create,
@@ -164,8 +165,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
         res, window = self.service.resolve(descriptor.command)
         metrics.annotate(context, resource=res.locator)
         if res.kind == "sequence":
-            app, endpoints = self.service.sequence_view(res.locator, window)
-            schema = pa.schema([])
+            schema, app, endpoints = self.service.sequence_view(res.locator, window)
         else:
             schema, ep = self.service.topic_view(res.locator, window)
             app, endpoints = {"resource_locator": res.locator}, [ep]

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from . import __version__, errors, locators, views
+from . import __version__, errors, legacy, locators, views
 from .catalog.repo import Catalog
 from .config import Settings
 from .logs import get as get_logger
@@ -257,7 +257,8 @@ class Mosaico:
         raw = topic["arrow_schema"]
         return pa.ipc.read_schema(pa.py_buffer(raw)) if raw else pa.schema([])
 
-    def sequence_view(self, locator: str, window) -> tuple[dict, list[tuple[bytes, dict]]]:
+    def sequence_view(self, locator: str, window) -> tuple[pa.Schema, dict, list[tuple[bytes, dict]]]:
+        """A sequence's FlightInfo: (legacy schema, app_metadata, one (ticket, app_metadata) per topic)."""
         seq = self.catalog.sequence(locator)
         sessions = self.catalog.sessions_of(seq["sequence_id"])
         topics = self.catalog.topics_of_sequence(seq["sequence_id"])
@@ -272,12 +273,16 @@ class Mosaico:
                              "locked": s["completion_unix_tstamp"] is not None,
                              "topics": by_session.get(s["session_id"], [])} for s in sessions]}
         endpoints = [self.topic_endpoint(t, infos.get(t["topic_id"]), window) for t in topics]
-        return app, endpoints
+        return legacy.sequence_flight_schema(seq["user_metadata"]), app, endpoints
 
     def topic_view(self, locator: str, window) -> tuple[pa.Schema, tuple[bytes, dict]]:
+        """A topic's FlightInfo: (legacy schema, its one (ticket, app_metadata) endpoint)."""
         topic = self.catalog.topic(locator)
         info = self.catalog.data_info([topic["topic_id"]]).get(topic["topic_id"])
-        return self.topic_schema(topic), self.topic_endpoint(topic, info, window)
+        schema = legacy.topic_flight_schema(self.topic_schema(topic), ontology_tag=topic["ontology_tag"],
+                                            serialization_format=topic["serialization_format"],
+                                            user_metadata=topic["user_metadata"])
+        return schema, self.topic_endpoint(topic, info, window)
 
     def topic_endpoint(self, topic, info, window) -> tuple[bytes, dict]:
         start, end = window
@@ -301,6 +306,7 @@ class Mosaico:
             if lo is None:  # still uploading: range from the chunks indexed so far
                 lo, hi = info["ts_min"], info["ts_max"]
             meta["data_info"]["interval"] = interval(lo, hi)
+        meta["info"] = legacy.info_block(meta["data_info"])  # the older dialect's statistics
         if start is not None or end is not None:
             meta["time_window_info"] = self._window_info(topic, start, end)
         return TopicTicket(topic["locator_name"], start, end).encode(), meta

@@ -62,7 +62,7 @@ def execute(engine: sa.Engine, store: ObjectStore, q: Query, stats: QueryStats |
             rows = conn.execute(sa.select(sequence_t.c.locator_name, topic_t.c.locator_name,
                                           topic_t.c.ontology_tag)
                                 .select_from(sql.topics_from()).where(*where))
-            return _items((s, t, tag) for s, t, tag in rows)
+            return _items(conn, ((s, t, tag) for s, t, tag in rows))
         if not q.ontology:
             return {"items": []}  # present-but-empty ontology: upstream returns nothing
         groups: dict[str, list[OntoFilter]] = defaultdict(list)
@@ -80,16 +80,35 @@ def execute(engine: sa.Engine, store: ObjectStore, q: Query, stats: QueryStats |
             found.extend(matched)
             if not keep:
                 return {"items": []}
-        return _items((s, t, tag) for s, t, tag, sid in found if sid in keep)
+        return _items(conn, ((s, t, tag) for s, t, tag, sid in found if sid in keep))
 
 
-def _items(rows) -> dict:
+def _items(conn: sa.Connection, rows) -> dict:
+    """The reply: topics grouped by sequence, each with its `timestamp_range` ``[first, last]``
+    when it has data (read by the older dialect; 0.7 clients ignore it)."""
     by_seq: dict[str, dict[str, str]] = defaultdict(dict)
     for seq, topic, tag in rows:
         by_seq[seq][topic] = tag
-    return {"items": [{"sequence": s,
-                       "topics": [{"locator": t, "ontology_tag": by_seq[s][t]} for t in sorted(by_seq[s])]}
+    ranges = _time_ranges(conn, [t for topics in by_seq.values() for t in topics])
+
+    def entry(locator: str, tag: str) -> dict:
+        out = {"locator": locator, "ontology_tag": tag}
+        if locator in ranges:
+            out["timestamp_range"] = ranges[locator]
+        return out
+
+    return {"items": [{"sequence": s, "topics": [entry(t, by_seq[s][t]) for t in sorted(by_seq[s])]}
                       for s in sorted(by_seq)]}
+
+
+def _time_ranges(conn: sa.Connection, locators: list[str]) -> dict[str, list[int]]:
+    if not locators:
+        return {}
+    rows = conn.execute(sa.select(topic_t.c.locator_name, topic_t.c.start_index_timestamp,
+                                  topic_t.c.end_index_timestamp)
+                        .where(topic_t.c.locator_name.in_(locators),
+                               topic_t.c.start_index_timestamp.isnot(None)))
+    return {loc: [int(lo), int(hi)] for loc, lo, hi in rows}
 
 
 # ---------------------------------------------------------------------------------------------

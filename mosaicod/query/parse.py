@@ -31,6 +31,8 @@ SEQUENCE_FIELDS = {"name": ("text", TEXT_OPS), "created_at_ns": ("int", INT_OPS)
 TOPIC_FIELDS = {"name": ("text", TEXT_OPS), "created_at_ns": ("int", INT_OPS),
                 "ontology_tag": ("text", TEXT_OPS), "serialization_format": ("text", TEXT_OPS)}
 ALIASES = {"locator": "name", "created_at": "created_at_ns"}
+# the older dialect's key for `name`: under it `$match` means "contains" (pattern `*v*`)
+LEGACY_NAME_KEY = "locator"
 
 
 def bad(where: str, detail: str) -> errors.MosaicoError:
@@ -141,6 +143,17 @@ def parse_cond(where: str, raw: Any, *, allow_arrays: bool = False) -> Cond:
     if op in ORDERING and kind_of(val) == "bool":
         raise bad(w, "booleans have no order; use $eq or $neq")
     return Cond(op, val)
+
+
+def _substring(where: str, c: Cond) -> Cond:
+    """The older dialect's `$match`: the value anywhere in the name (its glob wrapped in `*`; a
+    leading '/' stays first, to be dropped as for `name`)."""
+    value = c.value
+    pattern = f"/*{value[1:]}*" if value.startswith("/") else f"*{value}*"
+    try:
+        return Cond(c.op, pattern, compile_glob(pattern))
+    except GlobError as exc:
+        raise bad(f"{where}.$match", str(exc)) from None
 
 
 def cond_kind(c: Cond) -> str | None:
@@ -316,6 +329,8 @@ def _section(name: str, raw: Any, fields: dict) -> Section:
         seen.add(canon)
         kind, ops = fields[canon]
         cond = parse_cond(w, val)
+        if key == LEGACY_NAME_KEY and cond.op == "$match":
+            cond = _substring(w, cond)
         if cond.op not in ops:
             raise bad(w, f"operator {cond.op} is not supported for this field (use one of {', '.join(ops)})")
         k = cond_kind(cond)
