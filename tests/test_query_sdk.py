@@ -218,7 +218,7 @@ def test_raw_edge_cases(qsrv, qc):
     out = run({"sequence": {"locator": {"$eq": "drive_b"}, "created_at": {"$geq": 0}},
                "ontology": {"include_timestamp_range": True, "GPS.status.satellites": {"$eq": 4}}})
     assert out == {"items": [{"sequence": "drive_b", "topics": [
-        {"locator": "drive_b/sensors/gps", "ontology_tag": "GPS"}]}]}
+        {"locator": "drive_b/sensors/gps", "ontology_tag": "GPS", "timestamp_range": [6000, 6007]}]}]}
     assert run({"sequence": {"name": "$ex"}, "topic": {"ontology_tag": {"$nex": None}}}) == {"items": []}
     # ontology $ex = the column exists in the topic's data; list literal equality on a plain list
     assert shape_raw(run({"ontology": {"Robot.speed": {"$ex": None}}})) == R_AC
