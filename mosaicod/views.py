@@ -24,6 +24,15 @@ def view_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields, metadata=schema.metadata)
 
 
+def as_view(array: pa.Array, view_type: pa.DataType) -> pa.Array:
+    """``array`` cast to ``view_type``.  The cast references the character data in place, and the
+    IPC writer sends a view array's data buffers whole: a slice of a larger array (a window cut, a
+    split batch) is compacted first, so a batch never carries the bytes of its neighbours."""
+    if array.get_total_buffer_size() > 2 * array.nbytes + 65536:
+        array = pa.concat_arrays([array])  # copies only the slice's values
+    return array.cast(view_type)
+
+
 def view_batches(batches: Iterable[pa.RecordBatch], stored: pa.Schema) -> Iterator[pa.RecordBatch]:
     """Each batch (of the ``stored`` schema) with its top-level string/binary columns cast to view
     types; batches pass through untouched when the schema has no such column."""
@@ -35,5 +44,5 @@ def view_batches(batches: Iterable[pa.RecordBatch], stored: pa.Schema) -> Iterat
     for batch in batches:
         columns = list(batch.columns)
         for i, view_type in casts:
-            columns[i] = columns[i].cast(view_type)
+            columns[i] = as_view(columns[i], view_type)
         yield pa.RecordBatch.from_arrays(columns, schema=out_schema)

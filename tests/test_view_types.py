@@ -201,3 +201,35 @@ def test_every_sdk_ontology_round_trips(server):
             if cls.__name__ in with_views:
                 assert any(pa.types.is_string_view(f.type) or pa.types.is_binary_view(f.type)
                            for f in th.ontology_schema), cls.__name__
+
+
+def test_windowed_and_split_reads_send_only_their_rows(make_settings, start_server):
+    """A view array's data buffers travel whole: a slice must not drag its row group's bytes along."""
+    server = start_server(make_settings(max_batch_size=100))
+    c = flight.FlightClient(server.location)
+    schema = pa.schema([pa.field("timestamp_ns", pa.int64(), nullable=False), pa.field("s", pa.string()),
+                        pa.field("b", pa.binary())])
+    _act(c, "sequence_create", {"locator": "big", "user_metadata": {}})
+    sess = _act(c, "session_create", {"locator": "big"})["uuid"]
+    tid = _act(c, "topic_create", {"session_uuid": sess, "locator": "big/t", "serialization_format": "default",
+                                   "ontology_tag": "X", "user_metadata": {}})["uuid"]
+    writer, _ = c.do_put(flight.FlightDescriptor.for_command(
+        json.dumps({"resource_locator": "big/t", "topic_uuid": tid}).encode()), schema)
+    n = 2000
+    writer.write_batch(pa.record_batch([pa.array(range(n), pa.int64()), pa.array([f"{i:05d}" * 200 for i in range(n)]),
+                                        pa.array([bytes([i % 256]) * 1000 for i in range(n)])], schema=schema))
+    writer.close()
+    _act(c, "session_finalize", {"session_uuid": sess})
+
+    def received(**window) -> list[pa.RecordBatch]:
+        info = c.get_flight_info(flight.FlightDescriptor.for_command(
+            json.dumps({"resource_locator": "big/t", **window}).encode()))
+        return [chunk.data for chunk in c.do_get(info.endpoints[0].ticket)]
+
+    [win] = received(timestamp_ns_start=1000, timestamp_ns_end=1010)
+    assert win.column("s").to_pylist() == [f"{i:05d}" * 200 for i in range(1000, 1010)]
+    assert win.get_total_buffer_size() < 40_000  # 10 rows of ~2 KB, not the 4 MB row group
+    whole = received()
+    assert len(whole) == 20 and sum(b.num_rows for b in whole) == n
+    assert max(b.get_total_buffer_size() for b in whole) < 300_000  # 100 rows of ~2 KB each
+    c.close()
