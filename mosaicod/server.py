@@ -49,6 +49,34 @@ def _guard_stream(it: Iterator, rpc: str) -> Iterator:
         raise errors.to_wire(exc, rpc) from None
 
 
+def _put_batches(reader: flight.MetadataRecordBatchReader, context) -> Iterator[pa.RecordBatch]:
+    """The record batches of a DoPut stream, until its clean end.  A client that goes away
+    (killed process, reset connection) ends the stream like a clean end does, but with the call
+    cancelled: that is raised, as is any other broken stream."""
+    while True:
+        try:
+            chunk = reader.read_chunk()
+        except StopIteration:
+            if context.is_cancelled():
+                raise errors.MosaicoError(errors.Kind.CANCELLED,
+                                          "the client went away before the end of the stream") from None
+            return
+        if chunk.data is None:
+            raise errors.MosaicoError(errors.Kind.ABORTED, "Unsupported stream message, stream aborted")
+        yield chunk.data
+
+
+def _broken_reason(exc: BaseException) -> str:
+    """One line saying why an upload stream broke (for the topic notification and the log)."""
+    if isinstance(exc, errors.MosaicoError):
+        return exc.message
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return "the server was stopped"
+    if isinstance(exc, flight.FlightError):  # reading the client's stream failed
+        return f"the stream broke ({errors.first_line(exc)})"
+    return f"server-side failure ({type(exc).__name__}, see the server log)"  # no paths or SQL
+
+
 def _result(action: str, payload: Any) -> flight.Result:
     return flight.Result(json.dumps({"action": action, "response": payload}).encode())
 
@@ -139,17 +167,11 @@ class MosaicoFlightServer(flight.FlightServerBase):
         metrics.annotate(context, resource=upload.topic["locator_name"])
         started = time.monotonic()
         try:
-            while True:
-                try:
-                    chunk = reader.read_chunk()
-                except StopIteration:
-                    break
-                if chunk.data is None:
-                    raise errors.MosaicoError(errors.Kind.ABORTED, "Unsupported stream message, stream aborted")
-                upload.write(chunk.data)
+            for batch in _put_batches(reader, context):
+                upload.write(batch)
             upload.finish()
-        except BaseException:
-            upload.abort()
+        except BaseException as exc:
+            upload.interrupt(_broken_reason(exc))
             raise
         finally:
             metrics.annotate(context, bytes_in=upload.bytes_in)

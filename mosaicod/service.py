@@ -79,6 +79,16 @@ def _window(start: Any, end: Any) -> tuple[int | None, int | None]:
     return start, end
 
 
+def upload_state(topic) -> str:
+    """Where a topic is in its upload life cycle (see docs/failure-semantics.md):
+    empty -> uploading -> finalized, or uploading -> interrupted -> finalized (with its session)."""
+    if topic["completion_unix_tstamp"] is not None:
+        return "finalized"
+    if topic["interrupted_unix_tstamp"] is not None:
+        return "interrupted"
+    return "uploading" if topic["path_in_store"] is not None else "empty"
+
+
 def interval(lo: int | None, hi: int | None) -> dict | None:
     return None if lo is None or hi is None else {"start_ns": int(lo), "end_ns": int(hi)}
 
@@ -295,6 +305,8 @@ class Mosaico:
             "serialization_format": topic["serialization_format"],
             "user_metadata": topic["user_metadata"] if topic["user_metadata"] is not None else {},
             "session_locator": topic["session_locator"],
+            "upload_state": upload_state(topic),  # ours, like interrupted_at_ns
+            "interrupted_at_ns": topic["interrupted_unix_tstamp"],
             "data_info": {
                 "interval": None, "total_row_count": int(info["rows"]) if info else 0,
                 "total_bytes": int(info["bytes"]) if info else 0,
@@ -384,6 +396,7 @@ class Upload:
                                   on_chunk=self._index_chunk)
         self.rows = 0
         self.bytes_in = 0
+        self.ended = False  # finished or interrupted
 
     def _index_chunk(self, chunk: ChunkInfo) -> None:
         self.service.catalog.insert_chunk(topic_id=self.topic["topic_id"], ontology_tag=self.topic["ontology_tag"],
@@ -400,13 +413,48 @@ class Upload:
         self.writer.write(batch)
 
     def finish(self) -> None:
+        """Clean end of stream: close the last chunk, commit the folder, then finalize the topic."""
         chunks = self.writer.close()
         completed = now_ns()
         svc = self.service
-        svc.catalog.finalize_topic(self.topic["topic_id"], completed)
         svc.store.put_json(layout.metadata_key(self.folder), svc._topic_doc(self.topic, completed))
         svc.store.put_json(layout.commit_key(self.folder),
                            commit_doc_for(chunks, state="finalized", committed_at_ns=completed))
+        svc.catalog.finalize_topic(self.topic["topic_id"], completed)
+        self.ended = True
 
-    def abort(self) -> None:
-        self.writer.abort()
+    def interrupt(self, reason: str) -> None:
+        """The stream broke (client gone, call cancelled, transport or server error): keep every
+        row received -- the buffer is flushed and the open chunk closed and indexed like any
+        other -- commit the folder as *interrupted*, then mark the topic (state ``interrupted``
+        plus a topic notification).  Never raises: each step that fails is logged, and what the
+        store holds is recovered at the next start."""
+        if self.ended:
+            return
+        self.ended = True
+        svc, locator = self.service, self.topic["locator_name"]
+        try:
+            chunks = self.writer.close()
+        except Exception as exc:  # noqa: BLE001 - the store or catalog failed under us
+            log.error("could not store the rest of an interrupted upload", topic=locator,
+                      error=errors.first_line(exc))
+            try:
+                self.writer.abort()  # the open file was never indexed: do not leave it behind
+            except Exception as exc2:  # noqa: BLE001
+                log.error("could not drop the open chunk file", topic=locator, error=errors.first_line(exc2))
+            chunks = self.writer.chunks
+        at = now_ns()
+        kept = sum(c.row_count for c in chunks)
+        message = (f"Upload interrupted after {self.rows} rows ({kept} stored and readable): {reason}. "
+                   "Finalize the session to keep them, or delete the topic")
+        try:
+            svc.store.put_json(layout.metadata_key(self.folder), svc._topic_doc(self.topic, None))
+            svc.store.put_json(layout.commit_key(self.folder),
+                               commit_doc_for(chunks, state="interrupted", committed_at_ns=at, interrupted_at_ns=at))
+            svc.catalog.interrupt_upload(self.topic["topic_id"], at, message)
+        except Exception as exc:  # noqa: BLE001
+            log.error("could not record an interrupted upload; recovered at the next start", topic=locator,
+                      error=errors.first_line(exc))
+            return
+        log.warning("upload interrupted", topic=locator, rows_received=self.rows, rows_kept=kept,
+                    chunks=len(chunks), reason=reason)

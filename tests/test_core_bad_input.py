@@ -180,28 +180,36 @@ def _store_keys(server, folder: str) -> list[str]:
     return [key for key, _size in server.runtime.store.walk_files(folder)]
 
 
-def assert_aborted_upload(raw_client, server, sess: str, locator: str) -> None:
-    """What the server leaves after an aborted DoPut stream (service.Upload.abort): the topic stays
-    claimed by the upload (path_in_store set, never finalized), nothing is indexed or committed,
-    no chunk file is left behind, and neither a new DoPut nor session_finalize accepts it."""
+def assert_interrupted_upload(raw_client, server, sess: str, locator: str, received: list[int]) -> None:
+    """What the server leaves after a broken DoPut stream (service.Upload.interrupt): every row
+    received is indexed and readable, the folder is committed as interrupted, the topic reads as
+    ``interrupted`` (not locked, not complete) with a notification saying so; a new DoPut is
+    refused with what to do, and session_finalize finalizes the topic with what it has."""
     info = raw_client.get_flight_info(flight.FlightDescriptor.for_command(
         json.dumps({"resource_locator": locator}).encode()))
     meta = json.loads(info.endpoints[0].app_metadata)
     assert meta["locked"] is False and meta["completed_at_ns"] is None
-    assert meta["data_info"] == {"interval": None, "total_row_count": 0, "total_bytes": 0,
-                                 "total_chunks_count": 0}
-    assert raw_client.do_get(info.endpoints[0].ticket).read_all().num_rows == 0
+    assert meta["upload_state"] == "interrupted" and meta["interrupted_at_ns"] > 0
+    assert meta["data_info"]["total_row_count"] == len(received)
+    assert raw_client.do_get(info.endpoints[0].ticket).read_all().column("timestamp_ns").to_pylist() == received
     row = _topic_row(server, locator)
-    assert row["completion_unix_tstamp"] is None
-    assert row["path_in_store"] is not None  # the upload had started before the abort
-    assert _chunk_rows(server, row["topic_id"]) == 0
-    keys = _store_keys(server, row["path_in_store"])
-    assert not [k for k in keys if k.endswith(".parquet")], keys
-    assert not [k for k in keys if k.endswith("_COMMIT.json")], keys
-    with pytest.raises(pa.ArrowInvalid, match="already uploading data"):
-        act(raw_client, "session_finalize", {"session_uuid": sess})
-    with pytest.raises(pa.ArrowInvalid, match="already uploading data"):
+    assert row["completion_unix_tstamp"] is None and row["interrupted_unix_tstamp"] is not None
+    assert _chunk_rows(server, row["topic_id"]) == (1 if received else 0)
+    commit = server.runtime.store.get_json(f"{row['path_in_store']}/_COMMIT.json")
+    assert commit["state"] == "interrupted" and commit["row_count"] == len(received)
+    notes = act(raw_client, "topic_notification_list", {"locator": locator})["notifications"]
+    assert [n["notification_type"] for n in notes] == ["error"]
+    assert f"Upload interrupted after {len(received)} rows ({len(received)} stored and readable)" \
+        in notes[0]["msg"]
+    with pytest.raises(pa.ArrowInvalid, match="upload was interrupted"):
         put(raw_client, locator, str(row["topic_uuid"]), [batch([7])])
+    act(raw_client, "session_finalize", {"session_uuid": sess})
+    meta = json.loads(raw_client.get_flight_info(flight.FlightDescriptor.for_command(
+        json.dumps({"resource_locator": locator}).encode())).endpoints[0].app_metadata)
+    assert meta["locked"] is True and meta["upload_state"] == "finalized"
+    assert meta["interrupted_at_ns"] is not None  # finalized, yet never mistaken for a complete upload
+    if received:
+        assert meta["data_info"]["interval"] == {"start_ns": min(received), "end_ns": max(received)}
 
 
 def test_schema_change_mid_stream_is_refused(raw_client, server, stored):
@@ -210,7 +218,7 @@ def test_schema_change_mid_stream_is_refused(raw_client, server, stored):
     the server decodes every batch against the schema sent first, so the server-side comparison in
     ``service.Upload.write`` cannot be triggered through pyarrow.flight.  What the server does see
     is checked here: after the client-side refusal the stream is still open, a non-batch message
-    (metadata only) makes the server abort it, and the aborted upload commits nothing.  The
+    (metadata only) makes the server abort it, and the interrupted upload keeps what it got.  The
     server-side schema comparison itself is exercised in-process in
     ``test_upload_write_refuses_a_batch_with_another_schema``."""
     sess, tid = new_topic(raw_client, "mid", "t")
@@ -225,7 +233,7 @@ def test_schema_change_mid_stream_is_refused(raw_client, server, stored):
     with pytest.raises(flight.FlightError, match="Unsupported stream message, stream aborted"):
         writer.write_metadata(b"not a record batch")
         writer.close()
-    assert_aborted_upload(raw_client, server, sess, "mid/t")
+    assert_interrupted_upload(raw_client, server, sess, "mid/t", [1, 2])
     assert_intact(raw_client)
 
 
@@ -242,8 +250,8 @@ def test_upload_write_refuses_a_batch_with_another_schema(raw_client, server, st
         upload.write(pa.record_batch([pa.array([3], pa.int64()), pa.array(["x"])], schema=other))
     assert info.value.kind is errors.Kind.ABORTED
     assert upload.rows == 2  # the refused batch was not counted (nor written)
-    upload.abort()  # what server.do_put does on any failure of the stream
-    assert_aborted_upload(raw_client, server, sess, "mid2/t")
+    upload.interrupt("test")  # what server.do_put does on any failure of the stream
+    assert_interrupted_upload(raw_client, server, sess, "mid2/t", [1, 2])
     assert_intact(raw_client)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid as uuidlib
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -14,7 +14,18 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 from .. import errors
 from ..store.stats import ChunkStats
 from .tables import (chunk_overlaps, chunk_t, column_chunk_numeric_t, column_chunk_textual_t, column_t,
-                     sequence_notification_t, sequence_t, session_t, topic_notification_t, topic_t)
+                     pending_change_t, sequence_notification_t, sequence_t, session_t, topic_notification_t,
+                     topic_t)
+
+# A store step run inside a catalog transaction, after its checks and before its commit: it writes
+# the store and returns the id of the pending change to clear with the commit (or None).
+StoreStep = Callable[..., "int | None"]
+
+
+def _clear(conn: Connection, change_id: int | None) -> None:
+    """Clear a pending change (catalog/journal.py) in the transaction that applies it."""
+    if change_id is not None:
+        conn.execute(pending_change_t.delete().where(pending_change_t.c.change_id == change_id))
 
 
 def _unique_violation(exc: sa.exc.IntegrityError) -> bool:
@@ -29,9 +40,10 @@ class Catalog:
 
     # -- sequences ----------------------------------------------------------------------------
     def create_sequence(self, *, locator: str, uuid: uuidlib.UUID, user_metadata: Any,
-                        path_in_store: str, created_at_ns: int) -> int:
+                        path_in_store: str, created_at_ns: int, change_id: int | None = None) -> int:
         try:
             with self.engine.begin() as conn:
+                _clear(conn, change_id)
                 return conn.execute(sequence_t.insert().values(
                     sequence_uuid=uuid, locator_name=locator, user_metadata=user_metadata,
                     path_in_store=path_in_store, creation_unix_tstamp=created_at_ns,
@@ -56,9 +68,15 @@ class Catalog:
             return list(conn.execute(sa.select(sequence_t.c.locator_name)
                                      .order_by(sequence_t.c.locator_name)).scalars())
 
-    def delete_sequence(self, locator: str) -> list[str] | None:
+    def sequence_exists(self, locator: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sequence_t.c.sequence_id)
+                                .where(sequence_t.c.locator_name == locator)).first() is not None
+
+    def delete_sequence(self, locator: str, store_step: StoreStep | None = None) -> list[str] | None:
         """Delete a sequence and everything below it; returns its store folders (sequence
-        folder first), or None if it did not exist."""
+        folder first), or None if it did not exist.  ``store_step(folders)`` runs before the
+        commit."""
         with self.engine.begin() as conn:
             seq = conn.execute(sa.select(sequence_t).where(sequence_t.c.locator_name == locator)
                                .with_for_update()).mappings().first()
@@ -68,13 +86,15 @@ class Catalog:
                 sa.select(topic_t.c.path_in_store).where(
                     topic_t.c.sequence_id == seq["sequence_id"],
                     topic_t.c.path_in_store.is_not(None))).scalars())
+            _clear(conn, store_step(folders) if store_step else None)
             conn.execute(sequence_t.delete().where(sequence_t.c.sequence_id == seq["sequence_id"]))
             return folders
 
     # -- sessions -----------------------------------------------------------------------------
     def create_session(self, *, sequence_id: int, uuid: uuidlib.UUID, locator: str,
-                       created_at_ns: int) -> None:
+                       created_at_ns: int, change_id: int | None = None) -> None:
         with self.engine.begin() as conn:
+            _clear(conn, change_id)
             conn.execute(session_t.insert().values(
                 session_uuid=uuid, locator_name=locator, sequence_id=sequence_id,
                 creation_unix_tstamp=created_at_ns))
@@ -101,28 +121,43 @@ class Catalog:
                                      .order_by(session_t.c.creation_unix_tstamp, session_t.c.session_id))
                         .mappings())
 
-    def finalize_session(self, session_uuid: uuidlib.UUID, completed_at_ns: int) -> RowMapping:
-        """Lock a session once every topic is finalized (checks and update in one transaction)."""
+    def finalize_session(self, session_uuid: uuidlib.UUID, completed_at_ns: int,
+                         store_step: StoreStep | None = None) -> RowMapping:
+        """Lock a session once every topic is finalized or interrupted (checks and update in one
+        transaction; ``store_step(session)`` runs after the checks, before the commit)."""
         with self.engine.begin() as conn:
             sess = self._lock_open_session(conn, session_uuid)
             topics = list(conn.execute(
-                sa.select(topic_t.c.locator_name, topic_t.c.path_in_store, topic_t.c.completion_unix_tstamp)
-                .where(topic_t.c.session_id == sess["session_id"]).order_by(topic_t.c.topic_id)).mappings())
+                sa.select(topic_t.c.topic_id, topic_t.c.locator_name, topic_t.c.path_in_store,
+                          topic_t.c.completion_unix_tstamp, topic_t.c.interrupted_unix_tstamp)
+                .where(topic_t.c.session_id == sess["session_id"]).order_by(topic_t.c.topic_id)
+                .with_for_update(of=topic_t)).mappings())
             if not topics:
                 raise errors.precondition(f"Session `{sess['locator_name']}` is empty.")
+            interrupted = []
             for t in topics:
                 if t["path_in_store"] is None:
                     raise errors.precondition(
                         f"DoPut not called for topic `{t['locator_name']}`. At least one with an "
                         "empty batch is required to finalize the topic.")
                 if t["completion_unix_tstamp"] is None:
-                    raise errors.precondition(f"Topic `{t['locator_name']}` is already uploading data.")
-            conn.execute(session_t.update().where(session_t.c.session_id == sess["session_id"])
-                         .values(completion_unix_tstamp=completed_at_ns))
+                    if t["interrupted_unix_tstamp"] is None:
+                        raise errors.precondition(f"Topic `{t['locator_name']}` is already uploading data.")
+                    interrupted.append(t["topic_id"])
+            _clear(conn, store_step(sess) if store_step else None)
+            self._complete_session(conn, sess["session_id"], interrupted, completed_at_ns)
             return sess
 
-    def delete_session(self, locator: str) -> tuple[RowMapping, list[str]]:
-        """Delete a session with its topics; returns (session row, topic folders)."""
+    def _complete_session(self, conn: Connection, session_id: int, interrupted: list[int],
+                          completed_at_ns: int) -> None:
+        for topic_id in interrupted:  # an interrupted upload is finalized with what it received
+            self._complete_topic(conn, topic_id, completed_at_ns)
+        conn.execute(session_t.update().where(session_t.c.session_id == session_id)
+                     .values(completion_unix_tstamp=completed_at_ns))
+
+    def delete_session(self, locator: str, store_step: StoreStep | None = None) -> tuple[RowMapping, list[str]]:
+        """Delete a session with its topics; returns (session row, topic folders).
+        ``store_step(session, folders)`` runs before the commit."""
         with self.engine.begin() as conn:
             sess = conn.execute(self._session_query().where(session_t.c.locator_name == locator)
                                 .with_for_update(of=session_t)).mappings().first()
@@ -130,6 +165,7 @@ class Catalog:
                 raise errors.not_found(f"Session `{locator}`")
             folders = list(conn.execute(sa.select(topic_t.c.path_in_store).where(
                 topic_t.c.session_id == sess["session_id"], topic_t.c.path_in_store.is_not(None))).scalars())
+            _clear(conn, store_step(sess, folders) if store_step else None)
             conn.execute(session_t.delete().where(session_t.c.session_id == sess["session_id"]))
             return sess, folders
 
@@ -179,7 +215,7 @@ class Catalog:
         """The single-writer barrier: claim an EMPTY topic for one DoPut stream."""
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(topic_t.c.topic_uuid, topic_t.c.path_in_store,
-                                         topic_t.c.completion_unix_tstamp)
+                                         topic_t.c.completion_unix_tstamp, topic_t.c.interrupted_unix_tstamp)
                                .where(topic_t.c.topic_id == topic_id).with_for_update()).mappings().first()
             if row is None:
                 raise errors.not_found(f"Topic `{locator}`")
@@ -187,8 +223,47 @@ class Catalog:
                 raise errors.unauthorized(f"wrong topic uuid for topic `{locator}`")
             if row["completion_unix_tstamp"] is not None:
                 raise errors.precondition(f"Topic `{locator}` has already been uploaded and finalized.")
+            if row["interrupted_unix_tstamp"] is not None:
+                raise errors.precondition(
+                    f"Topic `{locator}`: its upload was interrupted; what was received is kept and "
+                    "readable. Finalize the session to keep it, or delete the topic to upload again.")
             if row["path_in_store"] is not None:
                 raise errors.precondition(f"Topic `{locator}` is already uploading data.")
+            conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id)
+                         .values(path_in_store=folder, arrow_schema=schema_ipc))
+
+    def claim_upload(self, topic_id: int, topic_uuid: uuidlib.UUID, locator: str,
+                     claim: Callable[[Connection], int]) -> int:
+        """The single-writer barrier of a DoPut stream: check that the topic is EMPTY and not
+        claimed by another stream, then ``claim(conn)`` records the pending upload in the same
+        transaction (returns its change id).  The topic gets its folder (``set_upload_folder``)
+        once the store holds it."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(topic_t.c.topic_uuid, topic_t.c.path_in_store,
+                                         topic_t.c.completion_unix_tstamp, topic_t.c.interrupted_unix_tstamp)
+                               .where(topic_t.c.topic_id == topic_id).with_for_update()).mappings().first()
+            if row is None:
+                raise errors.not_found(f"Topic `{locator}`")
+            if row["topic_uuid"] != topic_uuid:
+                raise errors.unauthorized(f"wrong topic uuid for topic `{locator}`")
+            if row["completion_unix_tstamp"] is not None:
+                raise errors.precondition(f"Topic `{locator}` has already been uploaded and finalized.")
+            if row["interrupted_unix_tstamp"] is not None:
+                raise errors.precondition(
+                    f"Topic `{locator}`: its upload was interrupted; what was received is kept and "
+                    "readable. Finalize the session to keep it, or delete the topic to upload again.")
+            if row["path_in_store"] is not None or self.upload_pending(conn, topic_id):
+                raise errors.precondition(f"Topic `{locator}` is already uploading data.")
+            return claim(conn)
+
+    @staticmethod
+    def upload_pending(conn: Connection, topic_id: int) -> bool:
+        return conn.execute(sa.select(pending_change_t.c.change_id).where(
+            pending_change_t.c.kind == "upload",
+            sa.cast(pending_change_t.c.target["topic_id"].astext, sa.Integer) == topic_id)).first() is not None
+
+    def set_upload_folder(self, topic_id: int, folder: str, schema_ipc: bytes) -> None:
+        with self.engine.begin() as conn:
             conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id)
                          .values(path_in_store=folder, arrow_schema=schema_ipc))
 
@@ -198,23 +273,55 @@ class Catalog:
                                                 topic_t.c.completion_unix_tstamp.is_(None))
                          .values(path_in_store=None, arrow_schema=None))
 
-    def finalize_topic(self, topic_id: int, completed_at_ns: int) -> None:
+    def finalize_topic(self, topic_id: int, completed_at_ns: int, change_id: int | None = None) -> None:
         """Close an upload: completion time and exact timestamp range from the chunk rows."""
         with self.engine.begin() as conn:
-            rng = conn.execute(sa.select(sa.func.min(chunk_t.c.start_timestamp_ns),
-                                         sa.func.max(chunk_t.c.end_timestamp_ns))
-                               .where(chunk_t.c.topic_id == topic_id)).one()
-            conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id).values(
-                completion_unix_tstamp=completed_at_ns, start_index_timestamp=rng[0],
-                end_index_timestamp=rng[1]))
+            _clear(conn, change_id)
+            self._complete_topic(conn, topic_id, completed_at_ns)
 
-    def delete_topic(self, locator: str) -> str | None:
-        """Delete a topic; returns its store folder (None if it had no data)."""
+    @staticmethod
+    def _chunk_range(conn: Connection, topic_id: int) -> tuple[int | None, int | None]:
+        """Exact timestamp range of a topic's indexed chunks."""
+        lo, hi = conn.execute(sa.select(sa.func.min(chunk_t.c.start_timestamp_ns),
+                                        sa.func.max(chunk_t.c.end_timestamp_ns))
+                              .where(chunk_t.c.topic_id == topic_id)).one()
+        return lo, hi
+
+    def _complete_topic(self, conn: Connection, topic_id: int, completed_at_ns: int) -> None:
+        lo, hi = self._chunk_range(conn, topic_id)
+        conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id).values(
+            completion_unix_tstamp=completed_at_ns, start_index_timestamp=lo, end_index_timestamp=hi))
+
+    def interrupt_upload(self, topic_id: int, interrupted_at_ns: int, message: str,
+                         change_id: int | None = None, conn: Connection | None = None) -> bool:
+        """Record that the DoPut stream of an uploading topic broke (the chunks indexed so far
+        stay) and leave a topic notification saying so; False if it was not uploading."""
+        if conn is None:
+            with self.engine.begin() as c:
+                return self.interrupt_upload(topic_id, interrupted_at_ns, message, change_id, c)
+        _clear(conn, change_id)
+        lo, hi = self._chunk_range(conn, topic_id)
+        done = conn.execute(topic_t.update().where(
+            topic_t.c.topic_id == topic_id, topic_t.c.path_in_store.is_not(None),
+            topic_t.c.completion_unix_tstamp.is_(None), topic_t.c.interrupted_unix_tstamp.is_(None))
+            .values(interrupted_unix_tstamp=interrupted_at_ns, start_index_timestamp=lo,
+                    end_index_timestamp=hi)).rowcount
+        if done:
+            conn.execute(topic_notification_t.insert().values(
+                topic_id=topic_id, topic_notification_uuid=uuidlib.uuid4(), notification_type="error",
+                msg=message, creation_unix_tstamp=interrupted_at_ns))
+        return bool(done)
+
+    def delete_topic(self, locator: str, store_step: StoreStep | None = None) -> str | None:
+        """Delete a topic; returns its store folder (None if it had no data).
+        ``store_step(folders)`` runs before the commit."""
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(topic_t.c.topic_id, topic_t.c.path_in_store)
                                .where(topic_t.c.locator_name == locator).with_for_update()).first()
             if row is None:
                 raise errors.not_found(f"Topic `{locator}`")
+            if store_step is not None:
+                _clear(conn, store_step([row.path_in_store] if row.path_in_store else []))
             conn.execute(topic_t.delete().where(topic_t.c.topic_id == row.topic_id))
             return row.path_in_store
 

@@ -48,6 +48,7 @@ topic_t = Table(
     Column("end_index_timestamp", BigInteger),
     Column("optimization_end_unix_tstamp", BigInteger),
     Column("arrow_schema", LargeBinary),  # ours: IPC-serialised do_put schema
+    Column("interrupted_unix_tstamp", BigInteger),  # ours: when its DoPut stream broke (kept data)
 )
 
 sequence_notification_t = Table(
@@ -159,6 +160,15 @@ topic_optimization_t = Table(
     Column("topic_id", Integer, ForeignKey("topic_t.topic_id", ondelete="CASCADE"), primary_key=True),
     Column("opt_path_in_store", Text),
     Column("start_unix_tstamp", BigInteger),
+)
+
+pending_change_t = Table(  # ours: changes written to the store, not yet to the catalog (catalog/journal.py)
+    "pending_change_t", metadata,
+    Column("change_id", Integer, primary_key=True),
+    Column("owner", BigInteger, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("target", JSONB, nullable=False),
+    Column("created_unix_tstamp", BigInteger, nullable=False),
 )
 
 # Tables rebuilt from the store by `rebuild-catalog` (replace mode truncates exactly these).

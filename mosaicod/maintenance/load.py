@@ -93,6 +93,7 @@ def desired_rows(seq: SequencePlan, sessions: list, topics: list[TopicPlan],
             "creation_unix_tstamp": t.created, "completion_unix_tstamp": t.completed,
             "start_index_timestamp": lo, "end_index_timestamp": hi,
             "optimization_end_unix_tstamp": t.optimization_end, "arrow_schema": schema_bytes,
+            "interrupted_unix_tstamp": t.interrupted,
         }, {"optimization_end_unix_tstamp"})
     return rows
 
@@ -137,7 +138,8 @@ def current_rows(conn: sa.Connection, sequence_locators: list[str]) -> Rows:
             "creation_unix_tstamp": r["creation_unix_tstamp"], "completion_unix_tstamp": r["completion_unix_tstamp"],
             "start_index_timestamp": r["start_index_timestamp"], "end_index_timestamp": r["end_index_timestamp"],
             "optimization_end_unix_tstamp": r["optimization_end_unix_tstamp"],
-            "arrow_schema": bytes(r["arrow_schema"]) if r["arrow_schema"] is not None else None})
+            "arrow_schema": bytes(r["arrow_schema"]) if r["arrow_schema"] is not None else None,
+            "interrupted_unix_tstamp": r["interrupted_unix_tstamp"]})
     base = (sa.select(ch.c.data_file, tp.c.locator_name.label("topic"))
             .join(tp, ch.c.topic_id == tp.c.topic_id).join(sq, tp.c.sequence_id == sq.c.sequence_id)
             .where(sq.c.locator_name.in_(sequence_locators)))
@@ -248,7 +250,8 @@ class Loader:
                 serialization_format=r["serialization_format"], ontology_tag=r["ontology_tag"],
                 creation_unix_tstamp=r["creation_unix_tstamp"], completion_unix_tstamp=r["completion_unix_tstamp"],
                 start_index_timestamp=r["start_index_timestamp"], end_index_timestamp=r["end_index_timestamp"],
-                optimization_end_unix_tstamp=r["optimization_end_unix_tstamp"], arrow_schema=r["arrow_schema"])
+                optimization_end_unix_tstamp=r["optimization_end_unix_tstamp"], arrow_schema=r["arrow_schema"],
+                interrupted_unix_tstamp=r["interrupted_unix_tstamp"])
                 .returning(topic_t.c.topic_id)).scalar_one()
         chunk_ids, chunk_tag = {}, {}
         new_chunks = [(k, r) for k, r in rows.tables["chunk_t"].items() if wanted("chunk_t", k)]

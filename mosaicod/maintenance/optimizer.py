@@ -249,7 +249,8 @@ class Optimizer:
             writer.abort()
             raise
         self.store.put_json(layout.commit_key(new),
-                            commit_doc_for(written, state="optimized", committed_at_ns=now_ns()))
+                            commit_doc_for(written, state="optimized", committed_at_ns=now_ns(),
+                                           interrupted_at_ns=topic["interrupted_unix_tstamp"]))
         crash_point("optimizer:before_switch")
         return written
 

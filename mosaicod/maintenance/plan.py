@@ -72,6 +72,7 @@ class TopicPlan:
     optimization_end: int | None
     schema_bytes: bytes | None
     files: list[FilePlan] = field(default_factory=list)
+    interrupted: int | None = None  # when its upload broke (_COMMIT.json interrupted_at_ns)
 
 
 @dataclass
@@ -322,6 +323,10 @@ def build_plan(scan: Scan, *, footer_rows: Callable[[str], int], sequence_map: d
             continue
         files = _topic_files(t, plan)
         completed = t.completed_at
+        interrupted = (t.commit or {}).get("interrupted_at_ns")
+        interrupted = interrupted if isinstance(interrupted, int) and not isinstance(interrupted, bool) else None
+        if interrupted is not None and completed is None:  # finalized with its session, if it was
+            completed = plan.sessions[topic_session[t.folder]].completed
         if t.commit is None and t.catalog is not None:
             if completed is None:
                 plan.uploading.append(loc)
@@ -338,7 +343,8 @@ def build_plan(scan: Scan, *, footer_rows: Callable[[str], int], sequence_map: d
             sequence=t.sequence, session=topic_session[t.folder], user_metadata=t.user_metadata,
             path_in_store=t.folder, serialization_format=t.serialization_format, ontology_tag=t.ontology_tag,
             created=t.created_at if t.created_at is not None else t.ulid_ms * 1_000_000,
-            completed=completed, optimization_end=opt_end, schema_bytes=t.schema_bytes, files=files)
+            completed=completed, optimization_end=opt_end, schema_bytes=t.schema_bytes, files=files,
+            interrupted=interrupted)
     return plan
 
 

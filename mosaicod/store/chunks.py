@@ -62,14 +62,15 @@ class ChunkInfo:
                 "row_count": self.stats.row_count, "arrow_size_bytes": self.stats.arrow_size_bytes}
 
 
-def commit_doc_for(chunks: list[ChunkInfo], *, state: str, committed_at_ns: int) -> dict:
+def commit_doc_for(chunks: list[ChunkInfo], *, state: str, committed_at_ns: int,
+                   interrupted_at_ns: int | None = None) -> dict:
     """The ``_COMMIT.json`` document of a topic folder holding ``chunks``."""
     lo = min((c.stats.ts_min for c in chunks if c.stats.ts_min is not None), default=None)
     hi = max((c.stats.ts_max for c in chunks if c.stats.ts_max is not None), default=None)
     return layout.commit_doc(state=state, committed_at_ns=committed_at_ns,
                              row_count=sum(c.row_count for c in chunks),
                              timestamp_range=(lo, hi) if lo is not None else None,
-                             files=[c.commit_entry() for c in chunks])
+                             files=[c.commit_entry() for c in chunks], interrupted_at_ns=interrupted_at_ns)
 
 
 def _is_sorted(ts: pa.Array) -> bool:

@@ -5,7 +5,7 @@
     tp_<ULID>/metadata.json                 upstream topic metadata + "catalog" block
     tp_<ULID>/schema.arrow                  Arrow IPC schema message of the do_put schema
     tp_<ULID>/data/NNNNN.parquet            data chunks
-    tp_<ULID>/_COMMIT.json                  commit marker (last write of a finished upload)
+    tp_<ULID>/_COMMIT.json                  commit marker (last write of a finished or interrupted upload)
     <folder>/TO_DELETE                      deletion marker
 """
 
@@ -111,10 +111,17 @@ def topic_metadata_doc(*, locator: str, session_locator: str, created_at_ns: int
 
 
 def commit_doc(*, state: str, committed_at_ns: int, row_count: int,
-               timestamp_range: tuple[int, int] | None, files: list[dict]) -> dict:
-    return {
+               timestamp_range: tuple[int, int] | None, files: list[dict],
+               interrupted_at_ns: int | None = None) -> dict:
+    """``state``: finalized | interrupted (the upload broke; ``files`` is what it received) |
+    optimized.  ``interrupted_at_ns`` stays on a topic whose upload was interrupted, whatever
+    happens to it later (finalized with its session, optimized)."""
+    doc = {
         "format": FORMAT, "state": state, "committed_at_ns": committed_at_ns, "row_count": row_count,
         "timestamp_range": ({"start_ns": timestamp_range[0], "end_ns": timestamp_range[1]}
                             if timestamp_range else None),
         "files": files,
     }
+    if interrupted_at_ns is not None:
+        doc["interrupted_at_ns"] = interrupted_at_ns
+    return doc

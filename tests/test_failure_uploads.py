@@ -1,0 +1,165 @@
+"""Broken uploads: a client killed mid-stream, a stream that ends with an error.  Whatever the
+server received is kept, readable and reported; the topic ends *interrupted*, never taken for a
+complete upload; the session can still be finalized (with what it has) or deleted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from .conftest import connect
+from .test_core_bad_input import act
+
+MiB = 1 << 20
+
+# An SDK writer that pushes rows, flushes what it buffered, reports how many rows it sent and
+# then waits to be killed (SIGKILL: no clean-up of any kind, like a crashed robot process).
+WRITER = r"""
+import os, sys, time
+from mosaicolabs import Message, MosaicoClient, String
+port, rows = int(sys.argv[1]), int(sys.argv[2])
+client = MosaicoClient.connect("127.0.0.1", port)
+sw = client.sequence_create("killed", {}).__enter__()
+tw = sw.topic_create("cam/log", {}, String)
+tw._wrstate.max_batch_size_bytes = 256 * 1024
+for i in range(rows):
+    tw.push(Message(timestamp_ns=1_000 + i, data=String(data=f"{i:08d}" + os.urandom(128).hex())))
+tw._wrstate._write_current_batch()
+print(tw._wrstate._written_records, flush=True)
+time.sleep(600)
+"""
+
+
+def topic_meta(c: flight.FlightClient, locator: str) -> dict:
+    info = c.get_flight_info(flight.FlightDescriptor.for_command(json.dumps({"resource_locator": locator}).encode()))
+    return json.loads(info.endpoints[0].app_metadata)
+
+
+def wait_state(c: flight.FlightClient, locator: str, state: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = topic_meta(c, locator)
+        if meta.get("upload_state") == state or time.monotonic() > deadline:
+            return meta
+        time.sleep(0.1)
+
+
+def read_ts(c: flight.FlightClient, locator: str) -> list[int]:
+    info = c.get_flight_info(flight.FlightDescriptor.for_command(json.dumps({"resource_locator": locator}).encode()))
+    return c.do_get(info.endpoints[0].ticket).read_all().column("timestamp_ns").to_pylist()
+
+
+def assert_store_matches_catalog(srv) -> None:
+    """`rebuild-catalog --dry-run`: the store alone gives back exactly the catalog."""
+    from mosaicod.maintenance.rebuild import Options, run
+
+    rep = run(srv.runtime.store, srv.runtime.engine, Options(dry_run=True, progress=False, jobs=1))
+    assert rep.differences == [] and rep.problems == [] and rep.uploading_topics == [], rep.summary()
+
+
+@pytest.fixture
+def small_chunks(make_settings, start_server):
+    return start_server(make_settings(max_chunk_size=MiB, row_group_size=256 * 1024))
+
+
+def test_client_killed_mid_stream_keeps_what_was_sent(small_chunks):
+    srv = small_chunks
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(srv.port), "20000"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline().split()
+        assert line, "the writer did not report"
+        sent = int(line[-1])
+        time.sleep(1.0)  # let the transport deliver what the client wrote
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert sent == 20000
+    c = flight.FlightClient(srv.location)
+    try:
+        meta = wait_state(c, "killed/cam/log", "interrupted")
+        # never mistaken for a complete upload (before: finalized and locked with what it got)
+        assert meta["upload_state"] == "interrupted", meta
+        assert meta["locked"] is False and meta["completed_at_ns"] is None
+        # everything received is durable and readable, in several chunks, the last one being the
+        # chunk that was open when the client died
+        assert meta["data_info"]["total_row_count"] == sent
+        assert meta["data_info"]["total_chunks_count"] > 1
+        assert read_ts(c, "killed/cam/log") == [1_000 + i for i in range(sent)]
+        notes = act(c, "topic_notification_list", {"locator": "killed/cam/log"})["notifications"]
+        assert len(notes) == 1 and notes[0]["notification_type"] == "error"
+        assert f"Upload interrupted after {sent} rows ({sent} stored and readable)" in notes[0]["msg"]
+        assert "client went away" in notes[0]["msg"]
+        assert_store_matches_catalog(srv)  # the interrupted state is in the store too
+        # the session is not stuck: it can be finalized with what it has ...
+        seq = json.loads(c.get_flight_info(flight.FlightDescriptor.for_command(
+            json.dumps({"resource_locator": "killed"}).encode())).app_metadata)
+        sess_locator = seq["sessions"][0]["locator"]
+        row = srv.runtime.catalog.topic("killed/cam/log")
+        act(c, "session_finalize", {"session_uuid": str(row["session_uuid"])})
+        meta = topic_meta(c, "killed/cam/log")
+        assert meta["locked"] is True and meta["upload_state"] == "finalized"
+        assert meta["interrupted_at_ns"] is not None
+        assert meta["data_info"]["interval"] == {"start_ns": 1_000, "end_ns": 1_000 + sent - 1}
+        assert_store_matches_catalog(srv)
+        # ... and read through the SDK like any other topic
+        sdk = connect(srv)
+        try:
+            th = sdk.topic_handler("killed", "cam/log")
+            assert th is not None and th.locked
+            assert sum(1 for _ in th.get_data_streamer()) == sent
+        finally:
+            sdk.close()
+        # ... or deleted
+        act(c, "session_delete", {"locator": sess_locator})
+        with pytest.raises(pa.ArrowKeyError, match="not found"):
+            topic_meta(c, "killed/cam/log")
+    finally:
+        c.close()
+
+
+def test_stream_error_keeps_open_chunk_and_session_can_finish(small_chunks):
+    """A stream that ends with an error (here: a message that is not a record batch) keeps every
+    batch received, including the ones still in the open chunk, and does not block the session:
+    another topic of it uploads normally and the session finalizes."""
+    srv = small_chunks
+    c = flight.FlightClient(srv.location)
+    schema = pa.schema([pa.field("timestamp_ns", pa.int64(), nullable=False), pa.field("v", pa.float64())])
+    try:
+        act(c, "sequence_create", {"locator": "err", "user_metadata": {}})
+        sess = act(c, "session_create", {"locator": "err"})["uuid"]
+        tids = {name: act(c, "topic_create", {"session_uuid": sess, "locator": f"err/{name}",
+                                              "serialization_format": "default", "ontology_tag": "F",
+                                              "user_metadata": {}})["uuid"] for name in ("a", "b")}
+        desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "err/a",
+                                                               "topic_uuid": tids["a"]}).encode())
+        writer, _ = c.do_put(desc, schema)
+        n = 0
+        for k in range(6):  # ~1.2 MiB: one chunk rolls, the rest is in the open chunk / buffer
+            ts = pa.array(range(n, n + 25_000), pa.int64())
+            writer.write_batch(pa.record_batch([ts, pa.array([float(x) for x in range(25_000)])], schema=schema))
+            n += 25_000
+        with pytest.raises(flight.FlightError, match="stream aborted"):
+            writer.write_metadata(b"not a batch")
+            writer.close()
+        meta = wait_state(c, "err/a", "interrupted")
+        assert meta["upload_state"] == "interrupted"
+        assert meta["data_info"]["total_row_count"] == n
+        assert read_ts(c, "err/a") == list(range(n))
+        # the other topic of the session is not affected, and the session finalizes
+        desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "err/b",
+                                                               "topic_uuid": tids["b"]}).encode())
+        writer, _ = c.do_put(desc, schema)
+        writer.write_batch(pa.record_batch([pa.array([5, 6], pa.int64()), pa.array([0.5, 0.6])], schema=schema))
+        writer.close()
+        act(c, "session_finalize", {"session_uuid": sess})
+        assert topic_meta(c, "err/a")["locked"] and topic_meta(c, "err/b")["upload_state"] == "finalized"
+        assert read_ts(c, "err/a") == list(range(n))
+    finally:
+        c.close()
