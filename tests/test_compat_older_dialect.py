@@ -243,3 +243,20 @@ def test_notifications_as_the_older_client_sends_them(cpp):
     assert [(n["name"], n["notification_type"], n["msg"]) for n in got["notifications"]] == [("drive_001", "error", "m")]
     action(cpp, "sequence_notification_purge", {"locator": "drive_001"})
     assert action(cpp, "sequence_notification_list", {"locator": "drive_001"}) == {"notifications": []}
+
+
+def test_version_needs_a_key_but_no_permission(make_settings, start_server):
+    from mosaicod import auth
+    from mosaicod.permissions import Permission
+
+    srv = start_server(make_settings(api_key_enabled=True))
+    c = flight.FlightClient(srv.location)
+    key, _ = auth.create_key(srv.runtime.engine, Permission.DELETE, "delete only", None)
+    opts = flight.FlightCallOptions(headers=[(auth.HEADER.encode(), key.encode())])
+    [res] = list(c.do_action(flight.Action("version", b"{}"), options=opts))
+    assert json.loads(res.body.to_pybytes())["response"]["version"] == "0.7.0"
+    with pytest.raises(flight.FlightUnauthorizedError, match="unauthorized"):
+        list(c.do_action(flight.Action("version", b"{}")))  # no key at all
+    with pytest.raises(flight.FlightUnauthorizedError, match="unauthorized"):
+        list(c.list_flights(b"", options=opts))  # the delete-only key cannot browse
+    c.close()
