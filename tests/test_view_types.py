@@ -233,3 +233,39 @@ def test_windowed_and_split_reads_send_only_their_rows(make_settings, start_serv
     assert len(whole) == 20 and sum(b.num_rows for b in whole) == n
     assert max(b.get_total_buffer_size() for b in whole) < 300_000  # 100 rows of ~2 KB each
     c.close()
+
+
+def test_columns_uploaded_as_views_are_queryable(raw_client):
+    """A client may upload view types itself: they are stored, returned and filtered as text."""
+    nested = pa.struct([pa.field("t", pa.string_view())])
+    schema = pa.schema([pa.field("timestamp_ns", pa.int64(), nullable=False), pa.field("s", pa.string_view()),
+                        pa.field("b", pa.binary_view()), pa.field("n", nested)])
+    _act(raw_client, "sequence_create", {"locator": "sv", "user_metadata": {}})
+    sess = _act(raw_client, "session_create", {"locator": "sv"})["uuid"]
+    tid = _act(raw_client, "topic_create", {"session_uuid": sess, "locator": "sv/t", "serialization_format": "default",
+                                            "ontology_tag": "SV", "user_metadata": {}})["uuid"]
+    writer, _ = raw_client.do_put(flight.FlightDescriptor.for_command(
+        json.dumps({"resource_locator": "sv/t", "topic_uuid": tid}).encode()), schema)
+    rows = [(10, "alpha", b"x", "p"), (20, "beta", b"y", "q"), (30, "gamma", b"z", "r"), (40, "beta2", b"w", "q")]
+    writer.write_batch(pa.record_batch([pa.array([r[0] for r in rows], pa.int64()),
+                                        pa.array([r[1] for r in rows], pa.string_view()),
+                                        pa.array([r[2] for r in rows], pa.binary_view()),
+                                        pa.array([{"t": r[3]} for r in rows], nested)], schema=schema))
+    writer.close()
+    _act(raw_client, "session_finalize", {"session_uuid": sess})
+
+    def hits(cond: dict) -> bool:
+        return bool(_act(raw_client, "query", {"ontology": cond})["items"])
+
+    assert hits({"SV.s": {"$eq": "beta"}}) and not hits({"SV.s": {"$eq": "delta"}})
+    assert hits({"SV.s": {"$match": "gam*"}}) and not hits({"SV.s": {"$match": "zz*"}})
+    assert hits({"SV.s": {"$in": ["x", "alpha"]}}) and hits({"SV.s": {"$lt": "b"}}) and not hits({"SV.s": {"$gt": "h"}})
+    assert hits({"SV.n.t": {"$eq": "q"}, "SV.s": {"$eq": "beta2"}}) and not hits({"SV.n.t": {"$eq": "p"}, "SV.s": {"$eq": "beta"}})
+    clusters = [json.loads(r.body.to_pybytes())["response"] for r in raw_client.do_action(flight.Action(
+        "topic_filter_clusterize", json.dumps({"locator": "sv/t", "clustering_dt_ns": 10, "timestamp_range": None,
+                                               "ontology": {"SV.s": {"$match": "beta*"}}}).encode()))]
+    assert [c["ts"] for c in clusters] == [{"start_ns": 20, "end_ns": 20}, {"start_ns": 40, "end_ns": 40}]
+    cmd = flight.FlightDescriptor.for_command(b'{"resource_locator": "sv/t"}')
+    assert raw_client.get_schema(cmd).schema == schema
+    table = raw_client.do_get(raw_client.get_flight_info(cmd).endpoints[0].ticket).read_all()
+    assert table.schema == schema and [r["s"] for r in table.to_pylist()] == ["alpha", "beta", "gamma", "beta2"]

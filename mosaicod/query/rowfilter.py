@@ -42,7 +42,7 @@ def leaf_class(t: pa.DataType) -> str | None:
         return "bool"
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         return "number"
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return "text"
     if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
         return "temporal"
@@ -227,6 +227,8 @@ def _prep(vals: pa.Array, leaf: str) -> pa.Array:
         return pc.cast(vals, canonical_temporal_type(vals.type))
     if pa.types.is_float16(vals.type):
         return pc.cast(vals, pa.float32())
+    if pa.types.is_string_view(vals.type):  # uploaded as a view: compute kernels want offsets
+        return pc.cast(vals, pa.large_string())
     return vals
 
 

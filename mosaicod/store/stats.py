@@ -31,8 +31,8 @@ def classify(t: pa.DataType) -> str | None:
     """'numeric', 'textual' or None (no statistics) for a leaf type."""
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
         return "numeric"
-    if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_date(t)
-            or pa.types.is_timestamp(t) or pa.types.is_time(t)):
+    if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+            or pa.types.is_date(t) or pa.types.is_timestamp(t) or pa.types.is_time(t)):
         return "textual"
     return None
 
