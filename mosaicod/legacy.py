@@ -4,8 +4,9 @@ Mosaico plugin.  Everything here is additive: keys and actions a 0.7.0 client ne
 * the `version` action answers with the `info` payload (mosaicod/server.py);
 * each topic endpoint's ``app_metadata`` carries an ``info`` block beside ``data_info``;
 * FlightInfo schemas carry the old ``mosaico:*`` metadata (GetSchema and DoGet schemas never do);
-* queries accept ``locator`` for ``name``, with substring ``$match`` (mosaicod/query/parse.py), and
-  answer with ``timestamp_range`` per topic (mosaicod/query/engine.py).
+* queries accept ``locator`` for ``name``, with substring ``$match`` (mosaicod/query/parse.py) and,
+  for topics, the whole ``seq/topic`` locator (mosaicod/query/sql.py), and answer with
+  ``timestamp_range`` per topic (mosaicod/query/engine.py).
 """
 
 from __future__ import annotations

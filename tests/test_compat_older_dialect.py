@@ -223,6 +223,15 @@ def test_query_with_locator_keys_means_substring(cpp):
     assert query(cpp, {"topic": {"locator": {"$match": "imu"}, "ontology_tag": {"$eq": "IMU"}},
                        "sequence": {"created_at_ns": {"$geq": 1}}}) == {
         "drive_001": imu_range, "test_drive_002": {"test_drive_002/sensors/imu": [2_000, 2_000]}}
+    # in the topic domain `locator` also names the whole topic locator, as the older servers did
+    assert query(cpp, {"topic": {"locator": {"$eq": "drive_001/sensors/imu"}}}) == {"drive_001": imu_range}
+    assert query(cpp, {"topic": {"locator": {"$eq": "/sensors/imu"}}}) == query(
+        cpp, {"topic": {"name": {"$eq": "/sensors/imu"}}})
+    assert query(cpp, {"topic": {"locator": {"$in": ["drive_001/log", "nope"]}}}) == {
+        "drive_001": {"drive_001/log": [1_005, 1_205]}}
+    assert query(cpp, {"topic": {"locator": {"$match": "001/sens"}}}) == {"drive_001": imu_range}
+    assert query(cpp, {"topic": {"locator": {"$neq": "drive_001/sensors/imu"}},
+                       "sequence": {"locator": {"$eq": "drive_001"}}}) == {"drive_001": {"drive_001/log": [1_005, 1_205]}}
     # a topic without data comes without a range
     assert query(cpp, {"topic": {"locator": {"$match": "gps"}}}) == {"parked": {"parked/sensors/gps_empty": None}}
     # under `name`, $match stays 0.7's anchored glob

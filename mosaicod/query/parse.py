@@ -262,6 +262,7 @@ class FieldFilter:
     field: str  # canonical system field
     cond: Cond
     where: str
+    legacy: bool = False  # given under the older dialect's key (`locator`)
 
 
 @dataclass(frozen=True)
@@ -340,7 +341,7 @@ def _section(name: str, raw: Any, fields: dict) -> Section:
                 raise bad(w, f"wrong operand type: expected a string, got {k}")
             if kind == "int" and not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
                 raise bad(w, "wrong operand type: expected an integer (nanoseconds since the epoch)")
-        sec.fields.append(FieldFilter(canon, cond, w))
+        sec.fields.append(FieldFilter(canon, cond, w, legacy=key == LEGACY_NAME_KEY))
     return sec
 
 

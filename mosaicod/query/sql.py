@@ -72,6 +72,11 @@ def _field_clause(section: str, f: FieldFilter):
                 c = Cond(c.op, c.value[1:], compile_glob(c.value[1:])) if len(c.value) > 1 else c
             return _plain(sequence_t.c.locator_name, c, _strip_slash)
         return _plain(sequence_t.c.creation_unix_tstamp, c)
+    if f.field == "name" and f.legacy and c.op in ("$eq", "$neq", "$in", "$match"):
+        # the older dialect names a topic by its whole locator `seq/topic`: either form matches
+        by_path = _field_clause(section, FieldFilter(f.field, c, f.where))
+        whole = _plain(topic_t.c.locator_name, c, _strip_slash)
+        return sa.and_(by_path, whole) if c.op == "$neq" else sa.or_(by_path, whole)
     if f.field == "name":
         path = topic_path()
         if c.op == "$match":
