@@ -9,7 +9,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from .errors import Kind, MosaicoError
+from .errors import Kind, MosaicoError, shown
 
 MAX_LOCATOR_LENGTH = 512
 _FORBIDDEN = set("!\"'*£$%&. ")
@@ -17,9 +17,8 @@ _FORBIDDEN = set("!\"'*£$%&. ")
 
 class BadLocator(MosaicoError):
     def __init__(self, locator: str, kind: str | None = None):
-        shown = locator if len(locator) <= 80 else locator[:77] + "..."
         what = f"a valid {kind} locator" if kind else "a valid locator"
-        super().__init__(Kind.BAD_REQUEST, f"`{shown}` is not {what}")
+        super().__init__(Kind.BAD_REQUEST, f"`{shown(locator, 80)}` is not {what}")
 
 
 def _segment_ok(text: str, extra_forbidden: str = "") -> bool:
@@ -104,7 +103,7 @@ def resource(raw: object) -> Resource:
     if is_topic(text):
         return Resource("topic", text)
     if is_session(text):
-        raise MosaicoError(Kind.BAD_REQUEST, f"Unsupported locator: {raw}")
+        raise MosaicoError(Kind.BAD_REQUEST, f"Unsupported locator: {shown(raw)}")
     raise BadLocator(raw)
 
 
@@ -114,7 +113,7 @@ def parse_uuid(raw: object) -> uuid.UUID:
             return uuid.UUID(raw)
         except ValueError:
             pass
-    raise MosaicoError(Kind.BAD_REQUEST, f"`{str(raw)[:80]}` is not a valid UUID")
+    raise MosaicoError(Kind.BAD_REQUEST, f"`{shown(raw, 80)}` is not a valid UUID")
 
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\- ]+$")
@@ -128,7 +127,7 @@ def validate_user_metadata(value: object) -> None:
         if isinstance(v, dict):
             for k, child in v.items():
                 if not _KEY_RE.match(k) or "--" in k:
-                    raise MosaicoError(Kind.BAD_REQUEST, f"Bad request: Found invalid key in json: `{k}`")
+                    raise MosaicoError(Kind.BAD_REQUEST, f"Bad request: Found invalid key in json: `{shown(k)}`")
                 stack.append(child)
         elif isinstance(v, list):
             stack.extend(v)

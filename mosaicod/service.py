@@ -24,6 +24,7 @@ from .store.chunks import (SERIALIZATION_FORMATS, TS, ChunkInfo, ChunkWriter, co
                            read_topic)
 from .store.objstore import ObjectStore
 from .tickets import TopicTicket
+from .wirejson import int64, parse_object as parse_json_object  # the one wire JSON parser
 
 log = get_logger(__name__)
 
@@ -36,16 +37,6 @@ def now_ns() -> int:
 
 
 # -- request parsing helpers ------------------------------------------------------------------
-
-def parse_json_object(raw: bytes, what: str = "body") -> dict:
-    try:
-        doc = json.loads(raw.decode("utf-8")) if raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise errors.bad_request(f"{what} deserialization error: {exc}") from None
-    if not isinstance(doc, dict):
-        raise errors.bad_request(f"{what} deserialization error: expected a JSON object")
-    return doc
-
 
 def field(body: dict, key: str, kind: type | tuple[type, ...] = str, *, optional: bool = False) -> Any:
     if key not in body or body[key] is None:
@@ -70,10 +61,12 @@ def _metadata(body: dict) -> Any:
     return md
 
 
-def _window(start: Any, end: Any) -> tuple[int | None, int | None]:
-    for name, v in (("timestamp_ns_start", start), ("timestamp_ns_end", end)):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-            raise errors.bad_request(f"`{name}` must be an integer (nanoseconds)")
+def _window(start: Any, end: Any, names: tuple[str, str] = ("timestamp_ns_start", "timestamp_ns_end")
+            ) -> tuple[int | None, int | None]:
+    for name, v in zip(names, (start, end)):
+        if v is not None and not int64(v):
+            raise errors.bad_request(f"`{name}` must be an integer of nanoseconds between -2^63 and 2^63-1, "
+                                     f"got {errors.shown(v, 40)}")
     if start is not None and end is not None and start >= end:
         raise errors.bad_request(f"bad timestamp range: start ({start}) must be lower than end ({end})")
     return start, end
@@ -138,12 +131,12 @@ class Mosaico:
         locator = locators.topic(field(body, "locator"))
         fmt = field(body, "serialization_format")
         if fmt not in SERIALIZATION_FORMATS:
-            raise errors.bad_request(f"invalid serialization format `{fmt}` "
+            raise errors.bad_request(f"invalid serialization format `{errors.shown(fmt, 40)}` "
                                      f"(expected one of {', '.join(SERIALIZATION_FORMATS)})")
         tag = field(body, "ontology_tag")
         if (not tag or len(tag) > MAX_ONTOLOGY_TAG or not tag.isascii() or "." in tag
                 or any(c.isspace() for c in tag)):
-            raise errors.bad_request(f"invalid ontology tag `{tag[:80]}`: must be non-empty ASCII "
+            raise errors.bad_request(f"invalid ontology tag `{errors.shown(tag, 80)}`: must be non-empty ASCII "
                                      "without '.' or whitespace")
         metadata = _metadata(body)
         uuid = uuidlib.uuid4()
@@ -187,7 +180,8 @@ class Mosaico:
         owner = self._notification_owner(kind, body)
         ntype = field(body, "notification_type")
         if ntype not in NOTIFICATION_TYPES:
-            raise errors.bad_request(f"invalid notification type `{ntype}`")
+            raise errors.bad_request(f"invalid notification type `{errors.shown(ntype, 40)}` "
+                                     f"(expected one of {', '.join(NOTIFICATION_TYPES)})")
         msg = field(body, "msg")
         self.catalog.add_notification(kind, owner, ntype, msg, now_ns())
 

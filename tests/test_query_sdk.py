@@ -291,12 +291,11 @@ def test_clusterize(qc):
         [(1020, 1020), (1050, 1050)]
     robot = next(t for t in r[0].topics if t.name == "/robot") if len(r[0].topics) > 1 else None
     assert robot is None  # the Robot topic did not match the IMU filter
-    # a topic without related expressions: match-all
+    # a topic without related expressions: refused (every row would match), as upstream does
     r2 = qc.query(QuerySequence().with_name("test_c"))
     rob = next(t for t in r2[0].topics if t.name == "/robot")
-    assert clusters(rob.clusterize()) == [(10, 20)]
-    idle = next(t for t in r2[0].topics if t.name == "/idle")
-    assert clusters(idle.clusterize()) == []
+    with pytest.raises(pa.ArrowInvalid, match="At least 1 filtering condition is required, found 0"):
+        rob.clusterize()
 
 
 def test_intersect(qc):
@@ -321,7 +320,14 @@ def test_temporal_errors(raw):
         act("topic_filter_clusterize", {"locator": "drive_b/sensors/imu", "clustering_dt_ns": 0,
                                         "ontology": {}, "timestamp_range": {"start_ns": 5, "end_ns": 5}})
     with pytest.raises(pa.ArrowKeyError):
-        act("topic_filter_clusterize", {"locator": "drive_b/none", "clustering_dt_ns": 0, "ontology": {}})
+        act("topic_filter_clusterize", {"locator": "drive_b/none", "clustering_dt_ns": 0,
+                                        "ontology": {"IMU.acceleration.x": {"$gt": 0}}})
+    with pytest.raises(pa.ArrowInvalid, match="At least 1 filtering condition is required, found 0"):
+        act("topic_filter_clusterize", {"locator": "drive_b/sensors/imu", "clustering_dt_ns": 0, "ontology": {}})
+    with pytest.raises(pa.ArrowInvalid, match=r"topics\[1\].ontology: At least 1 filtering condition"):
+        act("topic_filter_intersect", {"topics": [
+            {"locator": "drive_b/sensors/imu", "ontology": {"IMU.acceleration.x": {"$gt": 0}}},
+            {"locator": "drive_b/sensors/gps"}], "intersect_dt_ns": 0})
     with pytest.raises(pa.ArrowInvalid, match="at least 2 topics"):
         act("topic_filter_intersect", {"topics": [{"locator": "drive_b/sensors/imu"}], "intersect_dt_ns": 0})
     with pytest.raises(pa.ArrowInvalid, match="same sequence"):

@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from ..catalog.tables import sequence_t, topic_t
 from ..store.chunks import open_parquet
@@ -73,7 +74,7 @@ def execute(engine: sa.Engine, store: ObjectStore, q: Query, stats: QueryStats |
         for tag, filters in groups.items():
             clauses = list(where)
             if keep is not None:
-                clauses.append(sequence_t.c.sequence_id.in_(sorted(keep)))
+                clauses.append(sequence_t.c.sequence_id == sa.any_(sa.literal(sorted(keep), ARRAY(sa.BigInteger))))
             matched = _match_tag(conn, store, tag, filters, clauses, stats)
             seqs = {m[3] for m in matched}
             keep = seqs if keep is None else keep & seqs

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import errors
+from ..errors import shown
 from .glob import Glob, GlobError, compile_glob
 
 OPERATORS = ("$eq", "$neq", "$lt", "$leq", "$gt", "$geq", "$between", "$outside", "$in",
@@ -36,7 +37,12 @@ LEGACY_NAME_KEY = "locator"
 
 
 def bad(where: str, detail: str) -> errors.MosaicoError:
-    return errors.bad_request(f"{where}: {detail}")
+    return errors.bad_request(f"{shown(where)}: {detail}")
+
+
+def _q(value) -> str:
+    """A quoted input value inside a message (cut to 100 characters)."""
+    return repr(shown(value, 100)) if isinstance(value, str) else shown(value, 100)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,11 +76,14 @@ def kind_of(v: Any) -> str:
 def _scalar(where: str, v: Any) -> Any:
     k = kind_of(v)
     if k == "other":
-        shown = "null" if v is None else type(v).__name__
-        raise bad(where, f"expected a number, string or boolean operand, got {shown}")
+        got = "null" if v is None else {"dict": "an object", "list": "a list"}.get(type(v).__name__, "another type")
+        raise bad(where, f"expected a number, string or boolean operand, got {got}")
     if k == "number":
         if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
-            v = float(v)
+            try:
+                v = float(v)  # beyond int64: a Float operand
+            except OverflowError:
+                raise bad(where, f"the number {shown(v, 40)} is out of range (at most about ±1.8e308)") from None
         if isinstance(v, float) and math.isnan(v):
             raise bad(where, "NaN is not a valid operand (it never compares equal or ordered)")
     return v
@@ -92,14 +101,14 @@ def parse_cond(where: str, raw: Any, *, allow_arrays: bool = False) -> Cond:
     if isinstance(raw, str):
         if raw in ("$ex", "$nex"):
             return Cond(raw)
-        raise bad(where, f"expected an operator object like {{\"$eq\": value}}, got the string {raw!r}")
+        raise bad(where, f"expected an operator object like {{\"$eq\": value}}, got the string {_q(raw)}")
     if not isinstance(raw, dict):
         raise bad(where, f"expected an operator object like {{\"$eq\": value}}, got {type(raw).__name__}")
     if len(raw) != 1:
         raise bad(where, f"expected exactly one operator, got {len(raw)} ({', '.join(map(str, raw)) or 'none'})")
     op, v = next(iter(raw.items()))
     if op not in OPERATORS:
-        raise bad(where, f"unknown operator {op!r} (known: {', '.join(OPERATORS)})")
+        raise bad(where, f"unknown operator {_q(op)} (known: {', '.join(OPERATORS)})")
     w = f"{where}.{op}"
     if op in ("$ex", "$nex"):
         if v is not None:
@@ -175,6 +184,17 @@ _MD_KEY_OK = re.compile(r"^[A-Za-z0-9 _\-*\[\].?!]+$")
 _MD_SEG = re.compile(r"^(?P<name>[^\[\]]*)(?P<subs>(\[[^\[\]]*\])*)$")
 
 
+MAX_INDEX = 2 ** 31 - 1
+_INDEX = re.compile(r"[0-9]+")
+
+
+def _index(where: str, digits: str) -> int:
+    """An array subscript [N]: at most 2^31-1 (PostgreSQL's and Arrow's list index range)."""
+    if len(digits) > 10 or int(digits) > MAX_INDEX:
+        raise bad(where, f"array index [{shown(digits, 20)}] is too large (at most {MAX_INDEX})")
+    return int(digits)
+
+
 @dataclass(frozen=True)
 class MdStep:
     """One step of a user-metadata path: a member name, ``*`` (any member), ``**`` (any depth),
@@ -195,31 +215,31 @@ def parse_md_key(where: str, key: str) -> tuple[MdStep, ...]:
     for seg in key.split("."):
         m = _MD_SEG.match(seg)
         if not m or (not m["name"] and not m["subs"]):
-            raise bad(where, f"invalid segment {seg!r} in user-metadata key {key!r}")
+            raise bad(where, f"invalid segment {_q(seg)} in user-metadata key {_q(key)}")
         name = m["name"]
         if name == "*":
             steps.append(MdStep("any_member"))
         elif name == "**":
             steps.append(MdStep("any_depth"))
         elif "*" in name:
-            raise bad(where, f"'*' must be a whole key segment, got {seg!r}")
+            raise bad(where, f"'*' must be a whole key segment, got {_q(seg)}")
         elif name:
             if "?" in name or "!" in name:
-                raise bad(where, f"invalid segment {seg!r}: '?' and '!' are only valid as [?] / [!]")
+                raise bad(where, f"invalid segment {_q(seg)}: '?' and '!' are only valid as [?] / [!]")
             steps.append(MdStep("key", name))
         elif not steps:
-            raise bad(where, f"key {key!r} cannot start with an array selector")
+            raise bad(where, f"key {_q(key)} cannot start with an array selector")
         for sub in re.findall(r"\[([^\[\]]*)\]", m["subs"] or ""):
             if sub in ("*", "?"):
                 steps.append(MdStep("any_elem"))
             elif sub == "!":
                 steps.append(MdStep("all_elem"))
-            elif sub.isdigit():
-                steps.append(MdStep("index", int(sub)))
+            elif _INDEX.fullmatch(sub):
+                steps.append(MdStep("index", _index(where, sub)))
             else:
-                raise bad(where, f"invalid array selector [{sub}] in {key!r} (use [*], [?], [!] or [N])")
+                raise bad(where, f"invalid array selector [{shown(sub, 20)}] in {_q(key)} (use [*], [?], [!] or [N])")
     if sum(1 for s in steps if s.kind == "all_elem") > 1:
-        raise bad(where, f"at most one [!] selector is allowed in {key!r}")
+        raise bad(where, f"at most one [!] selector is allowed in {_q(key)}")
     return tuple(steps)
 
 
@@ -233,23 +253,23 @@ class Seg:
     spec: Any = None  # None | "?" | "!" | int
 
 
-_ONTO_SEG = re.compile(r"^(?P<name>[^\[\]]+?)(\[(?P<spec>\?|!|\d+)\])?$")
+_ONTO_SEG = re.compile(r"^(?P<name>[^\[\]]+?)(\[(?P<spec>\?|!|[0-9]+)\])?$")
 
 
 def parse_onto_key(where: str, key: str) -> tuple[str, tuple[Seg, ...]]:
     tag, dot, rest = key.partition(".")
     if not dot or not tag or not rest:
-        raise bad(where, f"ontology key {key!r} must be '<ontology_tag>.<field>[.<field>...]'")
+        raise bad(where, f"ontology key {_q(key)} must be '<ontology_tag>.<field>[.<field>...]'")
     segs = []
     for part in rest.split("."):
         m = _ONTO_SEG.match(part)
         if not m:
-            raise bad(where, f"invalid field segment {part!r} in {key!r} "
+            raise bad(where, f"invalid field segment {_q(part)} in {_q(key)} "
                              "(a name, optionally followed by one of [?], [!] or [N])")
         spec = m["spec"]
-        segs.append(Seg(m["name"], int(spec) if spec and spec.isdigit() else spec))
+        segs.append(Seg(m["name"], _index(where, spec) if spec and spec.isdigit() else spec))
     if sum(1 for s in segs if s.spec is not None) > 1:
-        raise bad(where, f"at most one list specifier ([?], [!], [N]) is allowed in {key!r}")
+        raise bad(where, f"at most one list specifier ([?], [!], [N]) is allowed in {_q(key)}")
     return tag, tuple(segs)
 
 
@@ -324,7 +344,7 @@ def _section(name: str, raw: Any, fields: dict) -> Section:
         canon = ALIASES.get(key, key)
         if canon not in fields:
             known = ", ".join(list(fields) + ["user_metadata"])
-            raise bad(w, f"unknown field {key!r} (known: {known})")
+            raise bad(w, f"unknown field {_q(key)} (known: {known})")
         if canon in seen:
             raise bad(w, f"field {canon!r} given twice (via an alias)")
         seen.add(canon)

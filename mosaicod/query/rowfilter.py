@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..errors import shown
 from .parse import Cond, OntoFilter, bad, cond_kind
 
 
@@ -150,14 +151,14 @@ def temporal_literal(where: str, v: Any, t: pa.DataType) -> pa.Scalar:
     as_int = None
     if isinstance(v, int) and not isinstance(v, bool):
         as_int = v
-    elif isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()):
+    elif isinstance(v, str) and re.fullmatch(r"-?[0-9]{1,30}", v.strip()):
         as_int = int(v)
     if as_int is not None:
         if pa.types.is_timestamp(t) or pa.types.is_time(t):
-            return pa.scalar(as_int * _UNIT_NS[t.unit], ct)
+            return _temporal_scalar(where, v, as_int * _UNIT_NS[t.unit], ct)
         if pa.types.is_date64(t):
-            return pa.scalar(as_int // 86_400_000, ct)
-        return pa.scalar(as_int, ct)
+            return _temporal_scalar(where, v, as_int // 86_400_000, ct)
+        return _temporal_scalar(where, v, as_int, ct)
     if not isinstance(v, str):
         raise bad(where, f"wrong operand type for a {t} field: expected an ISO-8601 string or an integer")
     text = v.strip()
@@ -177,7 +178,15 @@ def temporal_literal(where: str, v: Any, t: pa.DataType) -> pa.Scalar:
         d = d.replace(tzinfo=dt.timezone.utc)  # naive literals are UTC (naive columns too)
     delta = d - _EPOCH
     ns = (delta.days * 86_400 + delta.seconds) * 10 ** 9 + delta.microseconds * 1000 + extra
-    return pa.scalar(ns, ct)
+    return _temporal_scalar(where, v, ns, ct)
+
+
+def _temporal_scalar(where: str, v: Any, value: int, ct: pa.DataType) -> pa.Scalar:
+    """``value`` as a scalar of ``ct``; refused when out of the type's range (int64 ns, int32 days)."""
+    lo, hi = (-(2 ** 31), 2 ** 31 - 1) if pa.types.is_date32(ct) else _I64
+    if not lo <= value <= hi:
+        raise bad(where, f"{shown(v, 60)} is out of range for a {ct} field")
+    return pa.scalar(value, ct)
 
 
 def check_operand(f: OntoFilter, r: Resolved) -> Cond:

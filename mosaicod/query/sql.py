@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, JSONPATH
 
 from ..catalog.tables import sequence_t, topic_t
 from .parse import Cond, FieldFilter, MdFilter, MdStep, Query, Section
@@ -52,8 +52,10 @@ def _plain(col, c: Cond, normalise=None):
         return sa.and_(col >= v[0], col <= v[1])
     if c.op == "$outside":
         return sa.or_(col < v[0], col > v[1])
-    if c.op == "$in":
-        return col.in_([norm(x) for x in v])
+    if c.op == "$in":  # one array parameter, whatever the list length (not one per value)
+        values = [norm(x) for x in v]
+        elem = sa.BigInteger if all(isinstance(x, int) for x in values) else sa.Text
+        return col == sa.any_(sa.literal(values, ARRAY(elem)))
     if c.op == "$match":
         return col.op("~")(sa.literal(c.glob.pg_regex(), sa.Text))
     if c.op == "$ex":
@@ -136,8 +138,6 @@ def _jp_filter(c: Cond) -> tuple[str, dict]:
         return "@ >= $a && @ <= $b", {"a": v[0], "b": v[1]}
     if c.op == "$outside":
         return "@ < $a || @ > $b", {"a": v[0], "b": v[1]}
-    if c.op == "$in":
-        return " || ".join(f"@ == $v{i}" for i in range(len(v))), {f"v{i}": x for i, x in enumerate(v)}
     if c.op == "$match":
         return f"@ like_regex {_jp_string(c.glob.pg_regex())} flag \"s\"", {}
     raise AssertionError(c.op)
@@ -150,10 +150,26 @@ def _exists(target, path: str, vars_: dict | None = None):
     return sa.func.jsonb_path_exists(*args)
 
 
+_SCALAR = '(@.type() == "number" || @.type() == "string" || @.type() == "boolean")'
+
+
+def _md_in(target, steps: tuple[MdStep, ...], values: list):
+    """$in: some scalar along the path (arrays unwrapped, lax mode) equals one of ``values``,
+    passed as one jsonb[] parameter (a JSON-path ``||`` chain overflows PostgreSQL's stack for
+    long lists).  jsonb equality compares numbers numerically and never equals across types,
+    like the JSON-path ``==`` of the other operators."""
+    found = sa.func.jsonb_path_query(target, sa.cast(sa.literal(f"{_jp_steps(steps)} ? {_SCALAR}", sa.Text), JSONPATH)) \
+        .table_valued(sa.column("value", JSONB)).render_derived(name="md_in")
+    wanted = sa.cast(sa.literal([json.dumps(v) for v in values], ARRAY(sa.Text)), ARRAY(JSONB))
+    return sa.exists(sa.select(sa.literal(1)).select_from(found).where(found.c.value == sa.any_(wanted)))
+
+
 def _md_exists(target, steps: tuple[MdStep, ...], c: Cond):
     """SQL boolean: the (non-$nex) condition holds somewhere along the path."""
     if c.op == "$ex":
         return _exists(target, _jp_steps(steps) + '.type() ? (@ != "null")')
+    if c.op == "$in":
+        return _md_in(target, steps, c.value)
     expr, vars_ = _jp_filter(c)
     return _exists(target, f"{_jp_steps(steps)} ? ({expr})", vars_)
 

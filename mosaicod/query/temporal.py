@@ -24,7 +24,8 @@ from ..store.chunks import TS, read_topic
 from ..store.objstore import ObjectStore
 from . import prune, sql
 from .engine import BATCH_ROWS, compile_for_schemas
-from .parse import OntoFilter, bad, parse_ontology_filters
+from ..errors import shown
+from .parse import INT64_MAX, INT64_MIN, OntoFilter, bad, kind_of, parse_ontology_filters
 from .rowfilter import RowPredicate
 
 
@@ -39,7 +40,9 @@ class ClusterRequest:
 
 def _int(where: str, v: Any, minimum: int | None = 0) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
-        raise bad(where, f"expected an integer, got {type(v).__name__ if v is not None else 'null'}")
+        raise bad(where, f"expected an integer, got {kind_of(v) if v is not None else 'null'}")
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise bad(where, f"{shown(v, 40)} is out of range (an integer between -2^63 and 2^63-1 is expected)")
     if minimum is not None and v < minimum:
         raise bad(where, f"must be >= {minimum}, got {v}")
     return v
@@ -72,6 +75,12 @@ def parse_cluster_request(raw: Any, where: str) -> ClusterRequest:
         if start is not None and end is not None and start >= end:
             raise bad(f"{where}.timestamp_range", f"invalid range: start_ns {start} must be < end_ns {end}")
     return ClusterRequest(loc, dt, filters, start, end)
+
+
+def _require_conditions(req: ClusterRequest, where: str) -> None:
+    """Without an ontology condition every row would match: refused, as upstream does."""
+    if not req.filters:
+        raise bad(f"{where}.ontology", "At least 1 filtering condition is required, found 0")
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,7 @@ def _numbered(pairs: Iterator[tuple[int, int]]) -> Iterator[dict]:
 def clusterize(engine: sa.Engine, store: ObjectStore, body: dict) -> Iterator[dict]:
     """Validate now (errors raise here), then return the lazy stream of clusters."""
     req = parse_cluster_request(body, "topic_filter_clusterize")
+    _require_conditions(req, "topic_filter_clusterize")
     with engine.connect() as conn:
         p = _prepare(conn, req)
     return _numbered(_clusters(store, p))
@@ -159,6 +169,8 @@ def intersect(engine: sa.Engine, store: ObjectStore, body: dict) -> Iterator[dic
     seqs = {r.locator.partition("/")[0] for r in reqs}
     if len(seqs) > 1:
         raise bad(f"{where}.topics", f"all topics must belong to the same sequence, got {sorted(seqs)}")
+    for i, r in enumerate(reqs):
+        _require_conditions(r, f"{where}.topics[{i}]")
     with engine.connect() as conn:
         prepared = [_prepare(conn, r) for r in reqs]
     return _numbered(_intersect(store, prepared, dt))
