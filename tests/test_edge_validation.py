@@ -116,7 +116,7 @@ def test_commands_and_tickets_are_parsed_with_limits(seeded):
 
     ticket = info(c, '{"resource_locator": "keep/t"}').endpoints[0].ticket.ticket
     for bad in (DEEP.encode(), ticket[:3], b"\x05ke\x00/t\x00\x00", b"\xfd" + b"\xff" * 8, b"\x02\xff\xfe\x00\x00"):
-        refused(lambda: c.do_get(flight.Ticket(bad)).read_all(), "Bad request")
+        refused(lambda: c.do_get(flight.Ticket(bad)).read_all())
     nothing_new(c)
 
 
