@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import __version__, errors, legacy, locators, views
 from .catalog.repo import Catalog
@@ -80,6 +81,15 @@ def upload_state(topic) -> str:
     if topic["interrupted_unix_tstamp"] is not None:
         return "interrupted"
     return "uploading" if topic["path_in_store"] is not None else "empty"
+
+
+def _check_storable(schema: pa.Schema) -> None:
+    """Refuse, before anything is recorded, a schema that Parquet cannot hold (a union type, ...):
+    the chunk writer would fail only when its first chunk opens."""
+    try:
+        pq.ParquetWriter(pa.BufferOutputStream(), schema).close()
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise errors.bad_request(f"the schema cannot be stored: {errors.shown(errors.first_line(exc), 300)}") from None
 
 
 def interval(lo: int | None, hi: int | None) -> dict | None:
@@ -229,6 +239,7 @@ class Mosaico:
             raise errors.bad_request("missing timestamp field in schema: a `timestamp_ns` int64 column is required")
         if schema.field(idx).type != pa.int64():
             raise errors.bad_request(f"wrong timestamp field type, expected int64, got {schema.field(idx).type}")
+        _check_storable(schema)
         topic = self.catalog.topic(locator)
         folder = layout.new_topic_folder()
         self.catalog.start_upload(topic["topic_id"], topic_uuid, locator, folder, schema.serialize().to_pybytes())

@@ -168,3 +168,23 @@ def test_limits_of_the_wire_parser():
     # escaped backslashes and valid surrogate pairs are not NUL / lone surrogates
     doc = wirejson.parse_object(b'{"a": "x\\\\u0000", "b": "\\ud83d\\ude00", "c": 1e300, "d": 123456789012345678901234}')
     assert doc == {"a": "x\\u0000", "b": "\U0001F600", "c": 1e300, "d": 123456789012345678901234}
+
+
+def test_a_schema_parquet_cannot_hold_is_refused_before_anything_is_recorded(seeded):
+    c = seeded
+    sess = act(c, "session_create", {"locator": "keep"})
+    tid = act(c, "topic_create", {"session_uuid": sess["uuid"], "locator": "keep/u", "serialization_format": "default",
+                                  "ontology_tag": "X", "user_metadata": {}})["uuid"]
+    schema = pa.schema([("timestamp_ns", pa.int64()), ("u", pa.dense_union([pa.field("a", pa.int64())]))])
+    desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "keep/u", "topic_uuid": tid}).encode())
+
+    def upload():
+        writer, _ = c.do_put(desc, schema)
+        writer.write_batch(pa.record_batch([pa.array([1], pa.int64()), pa.nulls(1, schema.field("u").type)],
+                                           schema=schema))
+        writer.close()
+
+    refused(upload, "the schema cannot be stored", "dense_union")
+    # the topic is still waiting for its first upload: a valid one now succeeds
+    put(c, "keep/u", tid, [batch([1, 2])])
+    assert c.do_get(info(c, '{"resource_locator": "keep/u"}').endpoints[0].ticket).read_all().num_rows == 2
