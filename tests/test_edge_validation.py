@@ -133,7 +133,7 @@ def test_in_lists_beyond_the_bind_parameter_limit_work(seeded):
 
 def test_metadata_in_lists_beyond_the_bind_parameter_limit_work(raw_client):
     c = raw_client
-    for name, md in (("md", {"k": 69_999, "l": ["z", 3]}), ("other", {"k": 70_000, "l": ["3"]})):
+    for name, md in (("md", {"k": 69_999, "l": ["z", 3], "m": [1, 2]}), ("other", {"k": 70_000, "l": ["3"], "m": [1, 5]})):
         act(c, "sequence_create", {"locator": name, "user_metadata": md})
         sess = act(c, "session_create", {"locator": name})
         act(c, "topic_create", {"session_uuid": sess["uuid"], "locator": f"{name}/t", "serialization_format": "default",
@@ -148,6 +148,9 @@ def test_metadata_in_lists_beyond_the_bind_parameter_limit_work(raw_client):
     assert query({"l": {"$in": [3]}}) == ["md"]  # array elements, no coercion between types
     assert query({"l": {"$in": ["3", "q"]}}) == ["other"]
     assert query({"l[1]": {"$in": [3]}}) == ["md"]
+    assert query({"m[!]": {"$in": [1, 2, 3]}}) == ["md"]  # every element in the set
+    assert query({"m[!]": {"$in": [1]}}) == []
+    assert query({"k": {"$in": [69_999, 70_000]}, "l": {"$in": ["3"]}}) == ["other"]  # two $in filters
 
 
 def test_limits_of_the_wire_parser():

@@ -19,12 +19,12 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from .. import errors, locators
+from ..errors import shown
 from ..catalog.tables import topic_t
 from ..store.chunks import TS, read_topic
 from ..store.objstore import ObjectStore
 from . import prune, sql
 from .engine import BATCH_ROWS, compile_for_schemas
-from ..errors import shown
 from .parse import INT64_MAX, INT64_MIN, OntoFilter, bad, kind_of, parse_ontology_filters
 from .rowfilter import RowPredicate
 
