@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -88,6 +89,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
         errors.install_wire_formatting()  # no traceback in any status detail (see errors.py)
         super().__init__(location, middleware=middleware or None, **flight_kwargs)
         self.service = service
+        self._stopping = threading.Event()  # set by shutdown(): running reads end at their next step
         self._actions: dict[str, Callable[[dict], Any]] = {
             "info": service.info,
             "version": service.info,  # the older dialect's name of `info`
@@ -212,7 +214,8 @@ class MosaicoFlightServer(flight.FlightServerBase):
         self._require(context, RPC_PERMISSIONS["do_get"])
         decoded = TopicTicket.decode(ticket.ticket)
         metrics.annotate(context, resource=decoded.locator)
-        schema, batches = self.service.read(decoded)
+        schema, batches = self.service.read(
+            decoded, should_stop=lambda: self._stopping.is_set() or context.is_cancelled())
         return flight.GeneratorStream(schema, _guard_stream(metrics.count_out(context, batches), "do_get"))
 
     @endpoint("list_flights")
@@ -224,6 +227,11 @@ class MosaicoFlightServer(flight.FlightServerBase):
         return [flight.FlightInfo(empty, flight.FlightDescriptor.for_path(name),
                                   [flight.FlightEndpoint(name.encode(), [])], -1, -1)
                 for name in self.service.catalog.sequence_names()]
+
+    def shutdown(self) -> None:
+        """Stop serving: reads in progress stop at their next step, then wait for the calls."""
+        self._stopping.set()
+        super().shutdown()
 
     def do_exchange(self, context, descriptor, reader, writer):
         raise errors.Unimplemented("Unimplemented: DoExchange is not supported by mosaicod")

@@ -366,9 +366,10 @@ class Mosaico:
         """The schema GetSchema returns: the stored one with upstream's top-level view types."""
         return views.view_schema(self.topic_schema(self.catalog.topic(locator)))
 
-    def read(self, ticket: TopicTicket) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    def read(self, ticket: TopicTicket, should_stop: Callable[[], bool] | None = None
+             ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """The DoGet stream of a ticket: its schema and batches, top-level string/binary columns
-        as view types (mosaicod/views.py)."""
+        as view types (mosaicod/views.py).  ``should_stop``: polled while reading; true ends the read."""
         topic = self.catalog.topic(ticket.locator)
         if topic["arrow_schema"] is None:
             raise errors.precondition(f"DoPut not called for topic `{ticket.locator}`: it has no data to read "
@@ -382,8 +383,9 @@ class Mosaico:
         per_row = max(1, arrow_bytes // rows)
         batch_rows = max(1, min(self.settings.max_batch_size,
                                 self.settings.target_grpc_encode_message_size // per_row))
-        files = [c["data_file"] for c in chunks]
-        batches = read_topic(self.store, files, schema, ticket.start, ticket.end, batch_rows=batch_rows)
+        files = [(c["data_file"], c["timestamp_order"]) for c in chunks]
+        batches = read_topic(self.store, files, schema, ticket.start, ticket.end, batch_rows=batch_rows,
+                             should_stop=should_stop)
         return views.view_schema(schema), views.view_batches(batches, schema)
 
 
@@ -410,9 +412,12 @@ class Upload:
 
     def write(self, batch: pa.RecordBatch) -> None:
         if not batch.schema.equals(self.schema, check_metadata=False):
-            raise errors.MosaicoError(errors.Kind.ABORTED,
-                                      "Unsupported stream message, stream aborted: the batch schema differs "
-                                      "from the schema sent at the start of the upload")
+            raise errors.bad_request("the batch schema differs from the schema sent at the start of the "
+                                     "upload; send every batch of a topic with the same schema")
+        nulls = batch.column(TS).null_count
+        if nulls:
+            raise errors.bad_request(f"{nulls} of the {batch.num_rows} rows of a batch have a null `timestamp_ns`; "
+                                     "every row needs a timestamp (the batch was not stored)")
         self.rows += batch.num_rows
         self.bytes_in += batch.nbytes
         self.writer.write(batch)

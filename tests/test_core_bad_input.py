@@ -248,7 +248,7 @@ def test_upload_write_refuses_a_batch_with_another_schema(raw_client, server, st
     other = pa.schema([pa.field("timestamp_ns", pa.int64()), pa.field("data", pa.string())])
     with pytest.raises(errors.MosaicoError, match="batch schema differs") as info:
         upload.write(pa.record_batch([pa.array([3], pa.int64()), pa.array(["x"])], schema=other))
-    assert info.value.kind is errors.Kind.ABORTED
+    assert info.value.kind is errors.Kind.BAD_REQUEST  # INVALID_ARGUMENT on the wire
     assert upload.rows == 2  # the refused batch was not counted (nor written)
     upload.interrupt("test")  # what server.do_put does on any failure of the stream
     assert_interrupted_upload(raw_client, server, sess, "mid2/t", [1, 2])

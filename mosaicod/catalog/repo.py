@@ -357,7 +357,7 @@ class Catalog:
         chunk_id = conn.execute(chunk_t.insert().values(
             chunk_uuid=uuidlib.uuid4(), topic_id=topic_id, data_file=data_file, size_bytes=size_bytes,
             row_count=stats.row_count, arrow_size_bytes=stats.arrow_size_bytes,
-            start_timestamp_ns=stats.ts_min, end_timestamp_ns=stats.ts_max,
+            start_timestamp_ns=stats.ts_min, end_timestamp_ns=stats.ts_max, timestamp_order=stats.ts_order,
         ).returning(chunk_t.c.chunk_id)).scalar_one()
         ids = self.column_ids(conn, ontology_tag, [name for name, _ in stats.items()])
         numeric, textual = [], []

@@ -32,9 +32,19 @@ class FileResult:
     arrow_size_bytes: int = 0
     ts_min: int | None = None
     ts_max: int | None = None
+    ts_order: int | None = None  # store.stats.Order, checked row by row
     schema_bytes: bytes | None = None
     columns: dict[str, dict] = field(default_factory=dict)  # name -> stats row (+ "kind")
     error: str | None = None
+    error_kind: str = "corrupt-file"  # problem kind reported for ``error``
+
+
+class Refused(ValueError):
+    """A readable file whose rows cannot be indexed (reported as ``kind``, not as corrupt)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 def footer_rows(store: ObjectStore, key: str) -> int:
@@ -46,20 +56,27 @@ def decode_file(store: ObjectStore, key: str, size: int, batch_rows: int = BATCH
     try:
         pf = open_parquet(store, key)
         schema = pf.schema_arrow
+        if "timestamp_ns" not in schema.names or not pa.types.is_int64(schema.field("timestamp_ns").type):
+            raise ValueError("no int64 timestamp_ns column")
         stats = ChunkStats(schema)
-        for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
-            stats.update(batch)
+        for rg in range(pf.metadata.num_row_groups):  # per row group: the order check needs the bounds
+            stats.start_row_group()
+            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], use_threads=False):
+                stats.update(batch)
         footer = pf.metadata.num_rows
         if footer != stats.row_count:
             raise ValueError(f"footer says {footer} rows, decoded {stats.row_count}")
-        if "timestamp_ns" not in schema.names or not pa.types.is_int64(schema.field("timestamp_ns").type):
-            raise ValueError("no int64 timestamp_ns column")
+        if stats.ts_nulls:
+            raise Refused("null-timestamps", f"{stats.ts_nulls} rows have a null timestamp_ns")
+    except Refused as exc:
+        res.error, res.error_kind = str(exc), exc.kind
+        return res
     except Exception as exc:  # noqa: BLE001 - corrupt/truncated files are reported, not fatal
         res.error = f"{type(exc).__name__}: {errors.first_line(exc, '')}"
         return res
     res.row_count = stats.row_count
     res.arrow_size_bytes = stats.arrow_size_bytes
-    res.ts_min, res.ts_max = stats.ts_min, stats.ts_max
+    res.ts_min, res.ts_max, res.ts_order = stats.ts_min, stats.ts_max, stats.ts_order
     res.schema_bytes = schema.serialize().to_pybytes()
     res.columns = {name: {"kind": cs.kind, **cs.row()} for name, cs in stats.items()}
     return res

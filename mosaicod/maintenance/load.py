@@ -74,7 +74,7 @@ def desired_rows(seq: SequencePlan, sessions: list, topics: list[TopicPlan],
             rows.add("chunk_t", fp.key, {
                 "topic": t.locator, "size_bytes": fp.size, "row_count": r.row_count,
                 "arrow_size_bytes": c["arrow_size_bytes"] if exact_arrow else r.arrow_size_bytes,
-                "start_timestamp_ns": r.ts_min, "end_timestamp_ns": r.ts_max,
+                "start_timestamp_ns": r.ts_min, "end_timestamp_ns": r.ts_max, "timestamp_order": r.ts_order,
             }, None if exact_arrow else {"arrow_size_bytes"})
             if isinstance(c.get("row_count"), int) and c["row_count"] != r.row_count:
                 problems.append(Problem("commit-mismatch", fp.key,
@@ -144,10 +144,11 @@ def current_rows(conn: sa.Connection, sequence_locators: list[str]) -> Rows:
             .join(tp, ch.c.topic_id == tp.c.topic_id).join(sq, tp.c.sequence_id == sq.c.sequence_id)
             .where(sq.c.locator_name.in_(sequence_locators)))
     q = base.add_columns(ch.c.size_bytes, ch.c.row_count, ch.c.arrow_size_bytes, ch.c.start_timestamp_ns,
-                         ch.c.end_timestamp_ns)
+                         ch.c.end_timestamp_ns, ch.c.timestamp_order)
     for r in conn.execute(q).mappings():
         rows.add("chunk_t", r["data_file"], {k: r[k] for k in ("topic", "size_bytes", "row_count", "arrow_size_bytes",
-                                                               "start_timestamp_ns", "end_timestamp_ns")})
+                                                               "start_timestamp_ns", "end_timestamp_ns",
+                                                               "timestamp_order")})
     for table, stats in (("column_chunk_numeric_t", column_chunk_numeric_t),
                          ("column_chunk_textual_t", column_chunk_textual_t)):
         cols = [stats.c.min_value, stats.c.max_value, stats.c.has_null]
@@ -267,7 +268,8 @@ class Loader:
                 params.append({"chunk_uuid": stable_uuid("chunk", key), "topic_id": tid, "data_file": key,
                                "size_bytes": r["size_bytes"], "row_count": r["row_count"],
                                "arrow_size_bytes": r["arrow_size_bytes"],
-                               "start_timestamp_ns": r["start_timestamp_ns"], "end_timestamp_ns": r["end_timestamp_ns"]})
+                               "start_timestamp_ns": r["start_timestamp_ns"], "end_timestamp_ns": r["end_timestamp_ns"],
+                               "timestamp_order": r["timestamp_order"]})
             res = conn.execute(sa.insert(chunk_t).returning(chunk_t.c.chunk_id, chunk_t.c.data_file,
                                                             sort_by_parameter_order=True), params)
             for cid, key in res:

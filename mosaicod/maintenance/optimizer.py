@@ -18,8 +18,9 @@ One pass:
 5. ``TO_DELETE`` is written into the old folder (cleanup purges it after the retention).
 
 A crash before step 4 commits leaves the catalog pointing at the old, untouched folder; a crash
-after it leaves the new folder complete and referenced.  Topics already made of one sorted chunk
-no larger than the target are only flagged as optimized.
+after it leaves the new folder complete and referenced.  Topics already made of one chunk
+no larger than the target, whose rows were found sorted when it was indexed, are only flagged as
+optimized.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from .. import errors, logs, metrics
 from ..catalog.repo import Catalog
 from ..catalog.tables import chunk_t, topic_optimization_t, topic_t
 from ..store import layout
-from ..store.chunks import ChunkInfo, ChunkWriter, commit_doc_for, open_parquet, read_topic
+from ..store.chunks import ChunkInfo, ChunkWriter, commit_doc_for, read_topic
+from ..store.stats import Order
 from ..store.objstore import ObjectStore
 from .faults import crash_point
 
@@ -126,23 +128,12 @@ def _drop_queue_row(engine: Engine, topic_id: int) -> None:
         conn.execute(topic_optimization_t.delete().where(topic_optimization_t.c.topic_id == topic_id))
 
 
-def _already_optimal(store: ObjectStore, chunks, max_chunk_size: int) -> bool:
+def _already_optimal(chunks, max_chunk_size: int) -> bool:
+    """One chunk, not too big, whose rows were found sorted when it was indexed."""
     if len(chunks) == 0:
         return True
-    if len(chunks) > 1 or chunks[0]["size_bytes"] > max_chunk_size:
-        return False
-    pf = open_parquet(store, chunks[0]["data_file"])
-    md = pf.metadata
-    idx = pf.schema_arrow.get_field_index("timestamp_ns")
-    last = None
-    for rg in range(md.num_row_groups):
-        st = md.row_group(rg).column(idx).statistics
-        if st is None or not st.has_min_max:
-            return False
-        if last is not None and int(st.min) < last:
-            return False
-        last = int(st.max)
-    return True
+    return (len(chunks) == 1 and chunks[0]["size_bytes"] <= max_chunk_size
+            and chunks[0]["timestamp_order"] == Order.FILE)
 
 
 class Optimizer:
@@ -189,7 +180,7 @@ class Optimizer:
         started = time.perf_counter()
         try:
             chunks = self.catalog.chunks_of(lease.topic_id)
-            if _already_optimal(self.store, chunks, self.max_chunk_size):
+            if _already_optimal(chunks, self.max_chunk_size):
                 self._flag_only(lease, topic)
                 report.skipped.append(locator)
                 log.info("topic already optimal", topic=locator, chunks=len(chunks))
@@ -241,7 +232,7 @@ class Optimizer:
                              max_chunk_size=self.max_chunk_size, row_group_bytes=self.row_group_bytes,
                              on_chunk=lambda info: crash_point("optimizer:after_chunk"))
         try:
-            for batch in read_topic(self.store, [c["data_file"] for c in chunks], schema,
+            for batch in read_topic(self.store, [(c["data_file"], c["timestamp_order"]) for c in chunks], schema,
                                     batch_rows=self._batch_rows(chunks)):
                 writer.write(batch)
             written = writer.close()

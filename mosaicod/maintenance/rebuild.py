@@ -209,7 +209,8 @@ def _run_locked(store: ObjectStore, engine: sa.Engine, opts: Options, report: Re
                 bar.update(r.size)
                 bar.set_postfix(files=f"{done_files}/{len(files)}", refresh=False)
                 if r.error:
-                    problems.append(Problem("corrupt-file", r.key, f"unreadable Parquet, no chunk row: {r.error}"))
+                    what = "unreadable Parquet" if r.error_kind == "corrupt-file" else "rows refused"
+                    problems.append(Problem(r.error_kind, r.key, f"{what}, no chunk row: {r.error}"))
             want = desired_rows(plan.sequences[seq], plan.sessions_of(seq), topics, got, problems)
             _apply(engine, loader, opts, want, seq, report, totals)
     finally:

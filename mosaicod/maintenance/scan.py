@@ -30,7 +30,7 @@ _FORMATS = {
 class Problem:
     """Something the rebuild could not use (reported; ``--strict`` turns it into a failure)."""
 
-    kind: str  # foreign | unreadable | missing-metadata | bad-locator | corrupt-file | ...
+    kind: str  # foreign | unreadable | missing-metadata | bad-locator | corrupt-file | null-timestamps | ...
     where: str  # folder or key
     message: str
 

@@ -134,6 +134,7 @@ def candidate_chunks(conn: sa.Connection, tag: str, terms: list[Term], where: li
     if any(t.column_name not in ids for t in terms):
         return None
     stmt = (sa.select(chunk_t.c.chunk_id, chunk_t.c.topic_id, chunk_t.c.data_file, chunk_t.c.row_count,
+                      chunk_t.c.timestamp_order,
                       topic_t.c.locator_name.label("topic"), topic_t.c.ontology_tag,
                       sequence_t.c.locator_name.label("sequence"), sequence_t.c.sequence_id,
                       sa.func.md5(topic_t.c.arrow_schema).label("schema_md5"))

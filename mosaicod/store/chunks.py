@@ -24,9 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .. import errors, logs
 from . import layout
 from .objstore import ObjectStore
-from .stats import ChunkStats
+from .stats import ChunkStats, Order
+
+log = logs.get(__name__)
 
 TS = "timestamp_ns"
 
@@ -209,6 +212,7 @@ class ChunkWriter:
 
 
 def _update_stats(stats: ChunkStats, table: pa.Table) -> None:
+    stats.start_row_group()  # one table = one row group
     for batch in table.to_batches():
         stats.update(batch)
 
@@ -223,9 +227,11 @@ class _Run:
     row_group: int
     ts_min: int
     ts_max: int
+    sorted: bool  # rows known to be in timestamp order (checked when the chunk was indexed)
 
 
-def _row_group_runs(key: str, pf: pq.ParquetFile, start: int | None, end: int | None) -> list[_Run]:
+def _row_group_runs(key: str, pf: pq.ParquetFile, start: int | None, end: int | None,
+                    sorted_rows: bool) -> list[_Run]:
     md = pf.metadata
     ts_col = pf.schema_arrow.get_field_index(TS)
     runs = []
@@ -240,32 +246,75 @@ def _row_group_runs(key: str, pf: pq.ParquetFile, start: int | None, end: int | 
             lo, hi = int(st.min), int(st.max)
         if (end is not None and lo >= end) or (start is not None and hi < start):
             continue
-        runs.append(_Run(key, rg, lo, hi))
+        runs.append(_Run(key, rg, lo, hi, sorted_rows))
     return runs
 
 
+class OrderViolation(Exception):
+    """A run indexed as sorted is not: reading on would give wrong answers (or never end)."""
+
+
+def _sorted_row_group(pf: pq.ParquetFile, run: _Run, columns, start, end, batch_rows) -> Iterator[pa.RecordBatch]:
+    """The rows of a row group not known to be sorted: read whole, cut to the window, sorted (stable;
+    rows without a timestamp have no place in time and are dropped).  Memory: one row group."""
+    table = pf.read_row_group(run.row_group, columns=columns, use_threads=True)
+    ts = table.column(TS)
+    keep = None
+    if ts.null_count:
+        keep = pc.is_valid(ts)
+    for bound, op in ((start, pc.greater_equal), (end, pc.less)):
+        if bound is not None:
+            m = op(ts, pa.scalar(bound, pa.int64()))
+            keep = m if keep is None else pc.and_(keep, m)
+    if keep is not None:
+        table = table.filter(keep)
+    table = sort_by_timestamp(table)
+    return iter(table.combine_chunks().to_batches(max_chunksize=batch_rows))
+
+
 class _RunCursor:
-    """Reads one sorted run batch by batch, window-sliced; ``head`` is the current slice."""
+    """Reads one run in timestamp order, batch by batch, window-sliced; ``head`` is the current
+    slice.  Every batch is checked to continue the order (an unsorted run raises OrderViolation
+    instead of giving wrong rows)."""
 
     def __init__(self, pf: pq.ParquetFile, run: _Run, columns, batch_rows, start, end, schema):
         self.run = run
-        self._it = pf.iter_batches(batch_size=batch_rows, row_groups=[run.row_group],
-                                   columns=columns, use_threads=True)
+        if run.sorted:
+            self._it = pf.iter_batches(batch_size=batch_rows, row_groups=[run.row_group],
+                                       columns=columns, use_threads=True)
+        else:
+            self._it = _sorted_row_group(pf, run, columns, start, end, batch_rows)
         self.start, self.end, self.schema = start, end, schema
         self.head: pa.RecordBatch | None = None
         self.ts: np.ndarray | None = None
         self.done = False
+        self._prev: int | None = None  # last timestamp read from the run
         self._advance()
+
+    def _checked_ts(self, batch: pa.RecordBatch) -> np.ndarray:
+        col = batch.column(TS)
+        if col.null_count:
+            raise OrderViolation(f"{self.run.key}: null timestamp_ns in row group {self.run.row_group}")
+        ts = col.to_numpy(zero_copy_only=False)
+        if (self._prev is not None and ts[0] < self._prev) or bool(np.any(ts[1:] < ts[:-1])):
+            raise OrderViolation(f"{self.run.key}: row group {self.run.row_group} is not sorted by timestamp_ns")
+        self._prev = int(ts[-1])
+        return ts
+
+    def _finish(self) -> None:
+        self.head, self.ts, self.done = None, None, True
+        self._it = iter(())  # release the file reader and its buffers
 
     def _advance(self) -> None:
         while True:
             try:
                 batch = next(self._it)
             except StopIteration:
-                self.head, self.ts, self.done = None, None, True
-                self._it = iter(())  # release the file reader and its buffers
+                self._finish()
                 return
-            ts = batch.column(TS).to_numpy(zero_copy_only=False)
+            if batch.num_rows == 0:
+                continue
+            ts = self._checked_ts(batch)
             lo, hi = 0, len(ts)
             if self.start is not None:
                 lo = int(np.searchsorted(ts, self.start, side="left"))
@@ -287,9 +336,9 @@ class _RunCursor:
             if inside:  # no window cut can fall inside this run: pass batches straight through
                 for batch in self._it:
                     if batch.num_rows:
+                        self._checked_ts(batch)
                         yield batch
-                self.head, self.ts, self.done = None, None, True
-                self._it = iter(())
+                self._finish()
                 return
             self._advance()
 
@@ -362,21 +411,34 @@ def _rebatch(parts: Iterator[pa.RecordBatch], rows: int, schema: pa.Schema) -> I
         yield from table.to_batches()
 
 
-def _merged(pending: list[_Run], make_cursor, schema) -> Iterator[pa.RecordBatch]:
+def _cancelled() -> errors.MosaicoError:
+    return errors.MosaicoError(errors.Kind.CANCELLED, "read cancelled: the client went away or the server is stopping")
+
+
+def _merged(pending: list[_Run], make_cursor, schema, should_stop: Callable[[], bool]) -> Iterator[pa.RecordBatch]:
+    """k-way merge of the runs (sorted by ts_min): only runs overlapping the current position are
+    open.  Each step emits every open run's rows up to the smallest last timestamp of the open
+    heads, so the run holding that timestamp always empties its head: the merge always advances."""
     active: list[_RunCursor] = []
     pending = list(pending)
+    pending.reverse()  # popped from the end
     while active or pending:
+        if should_stop():
+            raise _cancelled()
         if not active:
-            c = make_cursor(pending.pop(0))
+            c = make_cursor(pending.pop())
             if not c.done:
                 active.append(c)
             continue
-        if len(active) == 1 and not (pending and pending[0].ts_min <= active[0].run.ts_max):
-            yield from _conformed(active.pop().drain(), schema)  # disjoint run: no merge needed
+        if len(active) == 1 and not (pending and pending[-1].ts_min <= active[0].run.ts_max):
+            for batch in _conformed(active.pop().drain(), schema):  # disjoint run: no merge needed
+                yield batch
+                if should_stop():
+                    raise _cancelled()
             continue
         bound = min(c.last for c in active)
-        while pending and pending[0].ts_min <= bound:
-            c = make_cursor(pending.pop(0))
+        while pending and pending[-1].ts_min <= bound:
+            c = make_cursor(pending.pop())
             if not c.done:
                 active.append(c)
                 bound = min(bound, c.last)
@@ -402,21 +464,28 @@ def open_parquet(store: ObjectStore, key: str, metadata: pq.FileMetaData | None 
                           memory_map=False)
 
 
-def read_topic(store: ObjectStore, data_files: list[str], schema: pa.Schema, start: int | None = None,
-               end: int | None = None, columns: list[str] | None = None,
-               batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
-    """Rows of a topic with ``start <= timestamp_ns < end``, in ascending timestamp order, in
-    batches of at most ``batch_rows`` rows (shorter ones at run boundaries and at the end; never
-    copied just to re-align).  Never yields empty batches."""
+def read_topic(store: ObjectStore, data_files: list[str | tuple[str, int | None]], schema: pa.Schema, start: int | None = None,
+               end: int | None = None, columns: list[str] | None = None, batch_rows: int = 65536,
+               should_stop: Callable[[], bool] | None = None) -> Iterator[pa.RecordBatch]:
+    """Rows of a topic with ``start <= timestamp_ns < end``, in ascending timestamp order (rows with
+    equal timestamps all kept), in batches of at most ``batch_rows`` rows (shorter ones at run
+    boundaries and at the end; never copied just to re-align).  Never yields empty batches.
+
+    ``data_files``: chunk keys, or ``(key, order)`` pairs with the ``Order`` checked when the chunk
+    was indexed; row groups of a file not known to be sorted (``Order.UNSORTED`` or unknown) are
+    sorted here, one at a time.  ``should_stop`` is polled between steps: when it returns true the
+    read raises a CANCELLED error."""
     if columns is not None:
         if TS not in columns:
             columns = [TS] + list(columns)
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     runs: list[_Run] = []
     footers: dict[str, pq.FileMetaData] = {}  # footers only: the files are reopened when read
-    for key in data_files:
+    for item in data_files:
+        key, order = (item, None) if isinstance(item, str) else item
         pf = open_parquet(store, key)
-        file_runs = _row_group_runs(key, pf, start, end)
+        sorted_rows = order is not None and order >= Order.ROW_GROUPS
+        file_runs = _row_group_runs(key, pf, start, end, sorted_rows)
         if file_runs:
             footers[key] = pf.metadata
             runs.extend(file_runs)
@@ -436,4 +505,13 @@ def read_topic(store: ObjectStore, data_files: list[str], schema: pa.Schema, sta
             del footers[run.key]
         return _RunCursor(pf, run, columns, batch_rows, start, end, schema)
 
-    yield from _rebatch(_merged(runs, make_cursor, schema), batch_rows, schema)
+    try:
+        yield from _rebatch(_merged(runs, make_cursor, schema, should_stop or _never), batch_rows, schema)
+    except OrderViolation as exc:
+        log.error("chunk file not in the order it was indexed with", problem=str(exc))
+        raise errors.internal("a data file of this topic is not in timestamp order although it was indexed "
+                              "as sorted; run `mosaicod rebuild-catalog` to re-check the store") from None
+
+
+def _never() -> bool:
+    return False

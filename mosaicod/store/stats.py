@@ -176,6 +176,42 @@ def _update(stats: ColumnStats, values: pa.Array, saw_null: bool) -> None:
         stats.max = hi
 
 
+class Order:
+    """How the rows of a chunk file are ordered by timestamp_ns (``chunk_t.timestamp_order``)."""
+
+    UNSORTED = 0  # some row group holds rows out of order (or null timestamps)
+    ROW_GROUPS = 1  # every row group is sorted; row groups may overlap
+    FILE = 2  # the whole file is sorted: row groups sorted and in ascending order
+
+
+class OrderCheck:
+    """Checks, batch by batch, whether rows are sorted within each row group and across them."""
+
+    def __init__(self) -> None:
+        self.order = Order.FILE
+        self._last: int | None = None  # last timestamp of the current row group
+        self._prev_max: int | None = None  # largest timestamp of the previous row groups
+
+    def start_row_group(self) -> None:
+        if self._last is not None:
+            self._prev_max = self._last if self._prev_max is None else max(self._prev_max, self._last)
+        self._last = None
+
+    def feed(self, ts: pa.Array) -> None:
+        if self.order == Order.UNSORTED or len(ts) == 0:
+            return
+        if ts.null_count:
+            self.order = Order.UNSORTED
+            return
+        a = ts.to_numpy(zero_copy_only=False)
+        if (self._last is not None and a[0] < self._last) or bool(np.any(a[1:] < a[:-1])):
+            self.order = Order.UNSORTED
+            return
+        if self._last is None and self._prev_max is not None and a[0] < self._prev_max:
+            self.order = Order.ROW_GROUPS
+        self._last = int(a[-1])
+
+
 @dataclass
 class ChunkStats:
     """Accumulates statistics of every leaf over the batches of one chunk."""
@@ -185,18 +221,34 @@ class ChunkStats:
     arrow_size_bytes: int = 0
     ts_min: int | None = None  # exact timestamp_ns range
     ts_max: int | None = None
+    ts_nulls: int = 0  # rows whose timestamp_ns is null
     columns: dict[str, ColumnStats] = field(default_factory=dict)
     _leaves: list[Leaf] = field(default_factory=list)
+    _order: "OrderCheck" = field(default_factory=lambda: OrderCheck())
 
     def __post_init__(self) -> None:
         self._leaves = leaves(self.schema)
         self.columns = {leaf.name: ColumnStats(leaf.kind) for leaf in self._leaves}
+
+    @property
+    def ts_order(self) -> int:
+        """Order of the rows fed so far (an ``Order`` value)."""
+        return self._order.order
+
+    def start_row_group(self) -> None:
+        """The next batches belong to a new Parquet row group (for ``ts_order``)."""
+        self._order.start_row_group()
 
     def update(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
         self.row_count += batch.num_rows
         self.arrow_size_bytes += batch.nbytes
+        if "timestamp_ns" in batch.schema.names:
+            ts = batch.column("timestamp_ns")
+            self.ts_nulls += ts.null_count
+            if pa.types.is_integer(ts.type):
+                self._order.feed(ts)
         for leaf in self._leaves:
             values, saw_null = _leaf_values(batch, leaf)
             _update(self.columns[leaf.name], values, saw_null)

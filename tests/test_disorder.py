@@ -1,0 +1,370 @@
+"""Data in any arrival order: exact answers (full, windowed, sequence-merged reads), sortedness
+checked when a chunk is indexed (writer and rebuild-catalog), foreign chunks with unsorted row
+groups, reads that stop when asked, and rows refused up front (null timestamps)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from mosaicod import errors
+from mosaicod.maintenance.decode import decode_file
+from mosaicod.maintenance.rebuild import Options, run
+from mosaicod.store import layout
+from mosaicod.store.chunks import ChunkWriter, read_topic
+from mosaicod.store.objstore import ObjectStore
+from mosaicod.store.stats import Order
+
+from .test_core_bad_input import act, new_topic
+
+SCHEMA = pa.schema([pa.field("timestamp_ns", pa.int64(), nullable=False), pa.field("v", pa.float64()),
+                    pa.field("tag", pa.string())])
+SMALL = {"max_chunk_size": 1 << 20, "row_group_size": 64 * 1024}  # several chunks and row groups roll
+
+
+def rows(ts, seed: int = 0) -> pa.RecordBatch:
+    """One row per timestamp; ``v`` tells rows with equal timestamps apart."""
+    ts = np.asarray(ts, dtype=np.int64)
+    v = np.random.default_rng(seed).random(len(ts)) + seed  # incompressible: files roll sooner
+    return pa.record_batch([pa.array(ts), pa.array(v), pa.array([f"t{t % 7}" for t in ts])], schema=SCHEMA)
+
+
+def expected(batches, start=None, end=None) -> tuple[list, list]:
+    """Timestamps in order, and the (ts, v) pairs as a sorted list (order among equal timestamps is free)."""
+    t = pa.Table.from_batches(batches, schema=SCHEMA)
+    ts, v = t.column("timestamp_ns").to_numpy(), t.column("v").to_numpy()
+    keep = np.ones(len(ts), bool)
+    if start is not None:
+        keep &= ts >= start
+    if end is not None:
+        keep &= ts < end
+    return sorted(ts[keep].tolist()), sorted(zip(ts[keep].tolist(), v[keep].tolist()))
+
+
+def got(table: pa.Table) -> tuple[list, list]:
+    ts, v = table.column("timestamp_ns").to_pylist(), table.column("v").to_pylist()
+    return ts, sorted(zip(ts, v))
+
+
+def orders(kind: str, n_batches: int = 40, per: int = 1500, seed: int = 3) -> list[pa.RecordBatch]:
+    """Batches of a 1 kHz-ish recording delivered in the given order."""
+    rng = np.random.default_rng(seed)
+    base = [np.arange(i * per, (i + 1) * per, dtype=np.int64) * 10 for i in range(n_batches)]
+    if kind == "ordered":
+        parts = base
+    elif kind == "reversed":
+        parts = [b[::-1] for b in base[::-1]]
+    elif kind == "shuffled":  # whole batches out of order, rows inside some batches too
+        parts = [b if i % 3 else rng.permutation(b) for i, b in enumerate(base)]
+        parts = [parts[i] for i in rng.permutation(len(parts))]
+    elif kind == "jitter":  # clock jitter: every timestamp moved by up to +-30 ticks
+        parts = [b + rng.integers(-300, 300, len(b)) for b in base]
+    elif kind == "duplicates":  # three producers sending the same stamps, interleaved
+        parts = [b // 30 * 30 for b in base for _ in range(3)]
+        parts = [parts[i] for i in rng.permutation(len(parts))]
+    else:
+        raise AssertionError(kind)
+    return [rows(p, seed=i) for i, p in enumerate(parts)]
+
+
+KINDS = ["ordered", "reversed", "shuffled", "jitter", "duplicates"]
+
+
+# -- store level ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def store(tmp_path):
+    return ObjectStore.local(str(tmp_path / "store"))
+
+
+def write_chunks(store, batches, folder="tp_T", **kw):
+    w = ChunkWriter(store, folder, SCHEMA, "default", max_chunk_size=kw.get("max_chunk_size", 256 * 1024),
+                    row_group_bytes=kw.get("row_group_bytes", 64 * 1024))
+    for b in batches:
+        w.write(b)
+    return w.close()
+
+
+def foreign_file(store, key: str, ts: list[int], row_group_rows: int) -> None:
+    """A Parquet file as another writer makes it: rows in arrival order, nothing sorted."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_batches([rows(ts)]), sink, row_group_size=row_group_rows)
+    store.put_bytes(key, sink.getvalue().to_pybytes())
+
+
+def test_foreign_row_group_out_of_order_gives_exact_windows(store):
+    """The reported case: a row group holding [50, 10, 40, 20, 30] read with [10, 35)."""
+    foreign_file(store, "tp_F/data/00000.parquet", [50, 10, 40, 20, 30], row_group_rows=5)
+    res = decode_file(store, "tp_F/data/00000.parquet", 0)
+    assert res.ts_order == Order.UNSORTED and res.error is None
+    for files in (["tp_F/data/00000.parquet"], [("tp_F/data/00000.parquet", res.ts_order)]):
+        win = pa.Table.from_batches(list(read_topic(store, files, SCHEMA, 10, 35)), schema=SCHEMA)
+        assert win.column("timestamp_ns").to_pylist() == [10, 20, 30]
+        full = pa.Table.from_batches(list(read_topic(store, files, SCHEMA)), schema=SCHEMA)
+        assert full.column("timestamp_ns").to_pylist() == [10, 20, 30, 40, 50]
+
+
+def test_a_file_indexed_as_sorted_that_is_not_fails_cleanly(store):
+    """Sortedness is never trusted blindly: a lie (file replaced after indexing) is an error, not a
+    hang or a wrong answer."""
+    foreign_file(store, "tp_F/data/00000.parquet", [5, 1, 4, 2, 3] * 100, row_group_rows=100)
+    foreign_file(store, "tp_F/data/00001.parquet", list(range(500)), row_group_rows=100)
+    files = [("tp_F/data/00000.parquet", Order.FILE), ("tp_F/data/00001.parquet", Order.FILE)]
+    for window in ((None, None), (2, 4), (0, 1000)):
+        with pytest.raises(errors.MosaicoError, match="not in timestamp order") as info:
+            list(read_topic(store, files, SCHEMA, *window))
+        assert info.value.kind is errors.Kind.INTERNAL
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_writer_records_order_and_reads_are_exact(store, kind):
+    batches = orders(kind)
+    chunks = write_chunks(store, batches)
+    assert len(chunks) > 2
+    for c in chunks:
+        assert c.stats.ts_order == (Order.FILE if kind == "ordered" else c.stats.ts_order)
+        assert c.stats.ts_order >= Order.ROW_GROUPS  # the writer sorts every row group
+        assert decode_file(store, c.data_file, c.size_bytes).ts_order == c.stats.ts_order
+    all_ts = np.sort(pa.Table.from_batches(batches).column("timestamp_ns").to_numpy())
+    lo, hi = int(all_ts[0]), int(all_ts[-1])
+    mid = int(all_ts[len(all_ts) // 2])
+    windows = [(None, None), (lo, hi), (lo, hi + 1), (lo + 1, lo + 2), (mid, mid + 1), (mid, mid + 777),
+               (hi, hi + 1), (None, mid), (mid, None), (hi + 1, None), (None, lo)]
+    for as_indexed in (True, False):
+        files = [(c.data_file, c.stats.ts_order) if as_indexed else c.data_file for c in chunks]
+        for start, end in windows:
+            out = list(read_topic(store, files, SCHEMA, start, end, batch_rows=1000))
+            assert all(0 < b.num_rows <= 1000 for b in out)
+            table = pa.Table.from_batches(out, schema=SCHEMA)
+            assert got(table) == expected(batches, start, end), (kind, start, end)
+
+
+def test_should_stop_ends_a_read(store):
+    chunks = write_chunks(store, orders("shuffled"))
+    files = [(c.data_file, c.stats.ts_order) for c in chunks]
+    calls = []
+
+    def stop_after_three() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    it = read_topic(store, files, SCHEMA, batch_rows=100, should_stop=stop_after_three)
+    with pytest.raises(errors.MosaicoError, match="cancelled") as info:
+        list(it)
+    assert info.value.kind is errors.Kind.CANCELLED
+
+
+def test_rebuild_refuses_a_foreign_file_with_null_timestamps(store):
+    t = pa.table({"timestamp_ns": pa.array([1, None, 3], pa.int64()), "v": [1.0, 2.0, 3.0]})
+    sink = pa.BufferOutputStream()
+    pq.write_table(t, sink)
+    store.put_bytes("tp_N/data/00000.parquet", sink.getvalue().to_pybytes())
+    res = decode_file(store, "tp_N/data/00000.parquet", 0)
+    assert res.error_kind == "null-timestamps" and "1 rows have a null timestamp_ns" in res.error
+
+
+# -- through the server -----------------------------------------------------------------------------
+
+@pytest.fixture
+def small_server(make_settings, start_server):
+    return start_server(make_settings(**SMALL))
+
+
+@pytest.fixture
+def rc(small_server):
+    c = flight.FlightClient(small_server.location)
+    yield c
+    c.close()
+
+
+def put_batches(c, locator: str, topic_uuid: str, batches) -> None:
+    desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": locator,
+                                                           "topic_uuid": topic_uuid}).encode())
+    writer, _ = c.do_put(desc, SCHEMA)
+    for b in batches:
+        writer.write_batch(b)
+    writer.close()
+
+
+OPTS = flight.FlightCallOptions(timeout=60)
+
+
+def read_window(c, locator: str, start=None, end=None) -> pa.Table:
+    cmd = {"resource_locator": locator}
+    if start is not None:
+        cmd["timestamp_ns_start"] = start
+    if end is not None:
+        cmd["timestamp_ns_end"] = end
+    info = c.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(cmd).encode()), OPTS)
+    return c.do_get(info.endpoints[0].ticket, OPTS).read_all()
+
+
+def chunk_orders(srv, locator: str) -> list:
+    with srv.runtime.engine.connect() as conn:
+        return conn.execute(sa.text(
+            "SELECT c.timestamp_order FROM chunk_t c JOIN topic_t t USING (topic_id) "
+            "WHERE t.locator_name = :l ORDER BY c.chunk_id"), {"l": locator}).scalars().all()
+
+
+@pytest.mark.timeout(300)
+def test_any_arrival_order_exact_answers_over_flight(rc, small_server):
+    uploaded = {}
+    for kind in ("reversed", "shuffled", "duplicates"):
+        sess, tid = new_topic(rc, kind, "t")
+        batches = orders(kind, n_batches=40, per=4000)
+        put_batches(rc, f"{kind}/t", tid, batches)
+        act(rc, "session_finalize", {"session_uuid": sess})
+        uploaded[kind] = batches
+        assert len(chunk_orders(small_server, f"{kind}/t")) > 1
+    for kind, batches in uploaded.items():
+        all_ts = np.sort(pa.Table.from_batches(batches).column("timestamp_ns").to_numpy())
+        lo, hi, mid = int(all_ts[0]), int(all_ts[-1]), int(all_ts[len(all_ts) // 3])
+        for start, end in [(None, None), (lo, hi), (mid, mid + 1), (mid, mid + 5000), (hi, None), (None, lo + 1)]:
+            assert got(read_window(rc, f"{kind}/t", start, end)) == expected(batches, start, end), (kind, start, end)
+
+
+def add_foreign_chunk(store, folder: str, ts: list[int], row_group_rows: int) -> None:
+    """Drop an upstream-style data file (unsorted row groups) into a finalized topic, listed in its
+    _COMMIT.json as if it had always been there."""
+    commit = store.get_json(layout.commit_key(folder))
+    index = len(commit["files"])
+    key = layout.data_key(folder, index)
+    foreign_file(store, key, ts, row_group_rows)
+    commit["files"].append({"name": layout.data_file_name(index), "size_bytes": store.size(key),
+                            "row_count": len(ts), "arrow_size_bytes": rows(ts).nbytes})
+    commit["row_count"] += len(ts)
+    store.put_json(layout.commit_key(folder), commit)
+
+
+@pytest.mark.timeout(300)
+def test_foreign_unsorted_chunk_after_rebuild_reads_exactly(rc, small_server):
+    """The probe of the report: a chunk with unsorted row groups added to a finalized topic, then
+    rebuild-catalog.  Every read answers, exactly (it hung or missed rows before)."""
+    sess, tid = new_topic(rc, "probe", "t")
+    ours = [rows(np.arange(i * 1000, (i + 1) * 1000) * 10) for i in range(20)]
+    put_batches(rc, "probe/t", tid, ours)
+    act(rc, "session_finalize", {"session_uuid": sess})
+    srv = small_server
+    with srv.runtime.engine.connect() as conn:
+        folder = conn.execute(sa.text("SELECT path_in_store FROM topic_t WHERE locator_name = 'probe/t'")).scalar_one()
+    rng = np.random.default_rng(7)
+    foreign_ts = rng.integers(0, 200_000, 6000).tolist()  # spans our whole range, with duplicates
+    add_foreign_chunk(srv.runtime.store, folder, foreign_ts, row_group_rows=700)
+    rep = run(srv.runtime.store, srv.runtime.engine, Options(progress=False, heartbeat_interval=60))
+    assert not [p for p in rep.problems if p["kind"] in ("corrupt-file", "null-timestamps")], rep.problems
+    assert Order.UNSORTED in chunk_orders(srv, "probe/t")
+    everything = ours + [rows(foreign_ts)]
+    for start, end in [(None, None), (10, 35), (0, 200_000), (50_000, 50_001), (123_450, 150_000),
+                       (199_990, None), (None, 1)]:
+        assert got(read_window(rc, "probe/t", start, end)) == expected(everything, start, end), (start, end)
+    # a dry run afterwards finds the catalog and the store in agreement (order recorded both ways)
+    dry = run(srv.runtime.store, srv.runtime.engine, Options(progress=False, dry_run=True, heartbeat_interval=60))
+    assert dry.differences == []
+
+
+@pytest.mark.timeout(120)
+def test_server_stops_a_read_when_the_client_cancels_and_on_shutdown(make_settings, start_server):
+    srv = start_server(make_settings(**SMALL, max_batch_size=64))
+    c = flight.FlightClient(srv.location)
+    sess, tid = new_topic(c, "big", "t")
+    put_batches(c, "big/t", tid, orders("shuffled", n_batches=40, per=2000))
+    act(c, "session_finalize", {"session_uuid": sess})
+    steps = []
+    service = srv.flight.service
+    real_read = service.read
+
+    def spy_read(ticket, should_stop=None):
+        def watched():
+            steps.append(1)
+            return should_stop()
+        return real_read(ticket, watched)
+
+    service.read = spy_read
+    info = c.get_flight_info(flight.FlightDescriptor.for_command(b'{"resource_locator": "big/t"}'))
+    c.do_get(info.endpoints[0].ticket).read_all()
+    full = len(steps)
+    steps.clear()
+    reader = c.do_get(info.endpoints[0].ticket)
+    reader.read_chunk()
+    reader.cancel()
+    time.sleep(1)
+    seen = len(steps)
+    time.sleep(1)
+    assert len(steps) == seen < full / 2, "the server kept reading after the client cancelled"
+    # shutdown while a client holds an open read it does not consume: the server still stops
+    reader = c.do_get(info.endpoints[0].ticket)
+    reader.read_chunk()
+    done = threading.Event()
+    threading.Thread(target=lambda: (srv.flight.shutdown(), done.set()), daemon=True).start()
+    assert done.wait(30), "shutdown waited for a read that never ends"
+    c.close()
+
+
+def test_null_timestamps_are_refused_and_nothing_stored(rc, small_server):
+    sess, tid = new_topic(rc, "nulls", "t")
+    bad = pa.record_batch([pa.array([1, None, 3], pa.int64()), pa.array([1.0, 2.0, 3.0]),
+                           pa.array(["a", "b", "c"])], schema=SCHEMA.remove(0).insert(0, pa.field(
+                               "timestamp_ns", pa.int64(), nullable=True)))
+    desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "nulls/t", "topic_uuid": tid}).encode())
+    writer, _ = rc.do_put(desc, bad.schema)
+    with pytest.raises(pa.ArrowInvalid, match="null `timestamp_ns`"):
+        writer.write_batch(bad)
+        writer.close()
+    with small_server.runtime.engine.connect() as conn:
+        n = conn.execute(sa.text("SELECT count(*) FROM chunk_t c JOIN topic_t t USING (topic_id) "
+                                 "WHERE t.locator_name = 'nulls/t'")).scalar_one()
+        folder = conn.execute(sa.text("SELECT path_in_store FROM topic_t WHERE locator_name = 'nulls/t'")).scalar()
+    assert n == 0
+    if folder:
+        assert not [k for k, _ in small_server.runtime.store.walk_files(folder) if k.endswith(".parquet")]
+
+
+@pytest.mark.timeout(300)
+def test_sdk_reads_of_shuffled_topics_topic_and_sequence_level(make_settings, start_server):
+    """Through the official client: image frames pushed out of order (several 3.6 MB batches, so
+    several chunks), an IMU topic pushed in reverse with duplicate stamps; topic windows and the
+    sequence-level merged streamer return exactly the rows in [start, end), in time order."""
+    from mosaicolabs import IMU, Image, Message, Vector3d
+
+    from .conftest import connect
+
+    srv = start_server(make_settings(**SMALL, max_grpc_decode_message_size=4 << 20))
+    rng = np.random.default_rng(11)
+    frames = rng.permutation(80)
+    imu_ts = [5_000 + (i // 2) * 37 for i in range(1200)][::-1]  # pairs of equal stamps, reversed
+    sdk = connect(srv)
+    try:
+        with sdk.sequence_create("shuffle", {}) as w:
+            cam = w.topic_create("/cam", {}, Image)
+            imu = w.topic_create("/imu", {}, IMU)
+            for k, i in enumerate(frames):
+                cam.push(Message(timestamp_ns=int(i) * 500, data=Image(
+                    data=bytes([int(i) % 256]) + rng.bytes(256 * 256 * 3 - 1), format="raw", width=256, height=256,
+                    stride=256 * 3, encoding="rgb8", is_bigendian=False)))
+                for t in imu_ts[k * 15:(k + 1) * 15]:
+                    imu.push(Message(timestamp_ns=t, data=IMU(acceleration=Vector3d(x=float(t), y=0.0, z=0.0),
+                                                              angular_velocity=Vector3d(x=0.0, y=0.0, z=0.0))))
+        assert len(chunk_orders(srv, "shuffle/cam")) > 2
+        stamps = {"/cam": sorted(int(i) * 500 for i in frames), "/imu": sorted(imu_ts)}
+        for start, end in [(None, None), (0, 500), (9_500, 20_000), (20_001, 30_000), (39_500, None)]:
+            for topic, all_ts in stamps.items():
+                msgs = list(sdk.topic_handler("shuffle", topic).get_data_streamer(start, end))
+                assert [m.timestamp_ns for m in msgs] == [
+                    t for t in all_ts if (start is None or t >= start) and (end is None or t < end)]
+                if topic == "/cam":  # each frame kept its own pixels
+                    assert all(m.get_data(Image).data[:1] == bytes([m.timestamp_ns // 500 % 256]) for m in msgs)
+            merged = [(m.timestamp_ns, t) for t, m in sdk.sequence_handler("shuffle").get_data_streamer(
+                start_timestamp_ns=start, end_timestamp_ns=end)]
+            want = sorted((t, name) for name, ts in stamps.items() for t in ts
+                          if (start is None or t >= start) and (end is None or t < end))
+            assert [t for t, _ in merged] == [t for t, _ in want] and sorted(merged) == want, (start, end)
+    finally:
+        sdk.close()
