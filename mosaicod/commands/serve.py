@@ -30,7 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _terminate(signum, frame):  # SIGTERM (docker stop): same clean stop as Ctrl-C
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    # From the first moment, also while the embedded PostgreSQL starts and migrations run: as PID 1
+    # in a container a SIGTERM without a handler is ignored (docker then kills after 10 s, leaving
+    # the embedded PostgreSQL's files unclean), and elsewhere it kills without stopping PostgreSQL.
+    signal.signal(signal.SIGTERM, _terminate)
     from ..runtime import Runtime, build_server
 
     from ..tls import server_tls_kwargs, warn_if_insecure
@@ -57,10 +65,6 @@ def run(args: argparse.Namespace) -> int:
                                    runtime.store) if settings.metrics_port else None)
         instance = registry.Instance(runtime.engine, "server", address=f"{settings.host}:{server.port}",
                                      interval=settings.heartbeat_interval).start()
-        def _terminate(signum, frame):  # SIGTERM (docker stop): same clean stop as Ctrl-C
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, _terminate)
         try:
             server.serve()
         except KeyboardInterrupt:
