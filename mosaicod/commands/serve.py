@@ -30,15 +30,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _terminate(signum, frame):  # SIGTERM (docker stop): same clean stop as Ctrl-C
-    raise KeyboardInterrupt
+class _StopOnSigterm:
+    """SIGTERM (docker stop): the same clean stop as Ctrl-C.  Handled from the first moment (as
+    PID 1 in a container an unhandled SIGTERM is ignored, and docker kills after 10 s; elsewhere it
+    kills at once, leaving the embedded PostgreSQL running).  While starting, the request is only
+    recorded: interrupting the start of the embedded PostgreSQL half-way would leave it running
+    unmanaged; it is honoured as soon as the server is up."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.serving = False
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+        if self.serving:
+            raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
-    # From the first moment, also while the embedded PostgreSQL starts and migrations run: as PID 1
-    # in a container a SIGTERM without a handler is ignored (docker then kills after 10 s, leaving
-    # the embedded PostgreSQL's files unclean), and elsewhere it kills without stopping PostgreSQL.
-    signal.signal(signal.SIGTERM, _terminate)
+    stop = _StopOnSigterm()
+    signal.signal(signal.SIGTERM, stop)
     from ..runtime import Runtime, build_server
 
     from ..tls import server_tls_kwargs, warn_if_insecure
@@ -66,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         instance = registry.Instance(runtime.engine, "server", address=f"{settings.host}:{server.port}",
                                      interval=settings.heartbeat_interval).start()
         try:
-            server.serve()
+            stop.serving = True  # from here on a SIGTERM interrupts
+            if not stop.requested:
+                server.serve()
         except KeyboardInterrupt:
             pass  # Ctrl-C / SIGTERM: stop cleanly below
         finally:
