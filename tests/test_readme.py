@@ -79,12 +79,13 @@ def test_ci_runs_both_quick_start_commands_as_written():
 
 def test_readme_commands_use_repository_relative_paths():
     for path in (ROOT / "README.md", ROOT / "bench" / "README.md"):
+        where = path.relative_to(ROOT)
         for cmd in rc.shell_commands(path):
             for word in shlex.split(cmd):
                 word = word.split("=", 1)[-1]
-                assert not re.match(r"/(?!dev/null$)", word), f"{path.name}: absolute path in {cmd!r}"
+                assert not re.match(r"/(?!dev/null$)", word), f"{where}: absolute path in {cmd!r}"
                 if re.fullmatch(r"[\w.-]+(/[\w.-]+)+\.(py|sh|toml|yml)", word):
-                    assert (ROOT / word).exists(), f"{path.name}: {cmd!r} names {word}, which is missing"
+                    assert (ROOT / word).exists(), f"{where}: {cmd!r} names {word}, which is missing"
 
 
 def test_command_extraction_handles_comments_continuations_and_quotes(tmp_path):
