@@ -523,6 +523,27 @@ def f_do_put(rng, ctx) -> Case:
     return _case("do_put", "do_put", "", cmd, "any", schema=schema, batches=batches)
 
 
+def f_big_document(rng, ctx) -> Case:
+    """Documents near the parser's limits (1 MiB, 100,000 entries, 64 Ki-character strings, runs of
+    digits, many escapes) with one bad value at the end: the worst case of every check."""
+    kind = rng.randrange(6)
+    bad = rng.choice([Raw("NaN"), "x\x00", "\ud800", Raw("1e999"), Raw("9" * 5000), deep(rng)])
+    if kind == 0:
+        items: list = [rng.randrange(10 ** 9) for _ in range(99_999)]
+    elif kind == 1:
+        items = [Raw("1" * 299)] * 3000
+    elif kind == 2:
+        items = ["ab" * 16_000, "é" * 30_000]
+    elif kind == 3:
+        items = [{"k": i, "v": "\\u0000"} for i in range(20_000)]
+    elif kind == 4:
+        items = ["[" * 60_000, "{" * 60_000]
+    else:
+        items = [[[[[[i]]]]] for i in range(20_000)]
+    doc = {"locator": fz_name(rng), "user_metadata": {"big": items + [bad]}}
+    return _case("big_document", "action", "sequence_create", doc, "refuse")
+
+
 FAMILIES: dict[str, tuple[Callable[[random.Random, dict], Case], float]] = {
     # name: (generator, weight)
     "deep_json": (f_deep_json, 1.0),
@@ -540,6 +561,7 @@ FAMILIES: dict[str, tuple[Callable[[random.Random, dict], Case], float]] = {
     "mutation": (f_mutation, 3.0),
     "ticket": (f_ticket, 0.7),
     "do_put": (f_do_put, 0.5),
+    "big_document": (f_big_document, 0.2),
 }
 
 

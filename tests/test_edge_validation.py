@@ -162,6 +162,9 @@ def test_limits_of_the_wire_parser():
         wirejson.parse_object(b"[1]")
     with pytest.raises(Exception, match=r"field `a`: 100001 entries are too many"):
         wirejson.parse_object(json.dumps({"a": list(range(100_001))}).encode())
+    with pytest.raises(Exception, match=r"10002 arrays and objects are too many \(at most 10000"):
+        wirejson.parse_object(json.dumps({"a": [[i] for i in range(10_000)]}).encode())
+    assert wirejson.parse_object(json.dumps({"a": ["[{" * 10_000]}).encode())  # brackets inside strings
     with pytest.raises(Exception, match=r"field `b`: a string of 70000 characters is too long"):
         wirejson.parse_object(json.dumps({"b": "y" * 70_000}).encode())
     depth = wirejson.MAX_DEPTH - 1  # the outer object is level 1
