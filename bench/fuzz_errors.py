@@ -89,7 +89,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def cpu_ms(ps: psutil.Process) -> float:
     t = ps.cpu_times()
-    return (t.user + t.system) * 1000
+    return round((t.user + t.system) * 1000, 1)
 
 
 def main() -> int:
@@ -122,7 +122,7 @@ def main() -> int:
             w1, c1 = time.perf_counter(), cpu_ms(ps)
             tally.record(case, out)
             if out.status != "OK":
-                costs.append((c1 - c0, (w1 - w0) * 1000, out.status, case.describe()))
+                costs.append((round(c1 - c0, 1), (w1 - w0) * 1000, out.status, case.describe()))
             if (i + 1) % 1000 == 0:
                 print(f"  {i + 1} requests, {time.monotonic() - started:.0f} s", file=sys.stderr)
         alive = fz.act(client, "info", {})["version"]
