@@ -311,11 +311,17 @@ def drain(reader) -> tuple[int, int]:
 class Mosaicod:
     """`mosaicod serve` as a user runs it, in a fresh data dir."""
 
-    def __init__(self, workdir: Path, tag: str):
+    def __init__(self, workdir: Path, tag: str, code_dir: Path | None = None):
+        """``code_dir``: run the ``mosaicod`` package found there (e.g. an older revision)."""
         self.data_dir = workdir / f"mosaicod-{tag}"
         self.log = workdir / f"mosaicod-{tag}.log"
         exe = Path(sys.executable).with_name("mosaicod")
-        self.cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mosaicod"]
+        self.env = clean_env()
+        if code_dir is not None:
+            self.env["PYTHONPATH"] = str(code_dir)
+            self.cmd = [sys.executable, "-m", "mosaicod"]
+        else:
+            self.cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mosaicod"]
         self._start()
 
     def _start(self) -> None:
@@ -323,7 +329,7 @@ class Mosaicod:
         self.proc = subprocess.Popen(
             [*self.cmd, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
              "--log-level", "warning", "--log-format", "plain"],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=clean_env())
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env)
         self.location = f"grpc://127.0.0.1:{self.port}"
         self.client = flight.FlightClient(self.location)
         wait_ready(self.client, self.proc, "info", 180, self.log)
@@ -369,7 +375,7 @@ class Mosaicod:
         server's delete removes its file: otherwise every repetition leaves another GiB in the
         page cache, and reclaiming it slows later uploads (measured: +60% system CPU by the 5th)."""
         subprocess.run([*self.cmd, "cleanup", "--retention-duration", "0", "--data-dir", str(self.data_dir),
-                        "--log-level", "warning"], check=True, env=clean_env(),
+                        "--log-level", "warning"], check=True, env=self.env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     # -- lifecycle --------------------------------------------------------------------------

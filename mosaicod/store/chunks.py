@@ -15,6 +15,7 @@ binary search on the sorted timestamps.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -26,28 +27,11 @@ import pyarrow.parquet as pq
 
 from .. import errors, logs
 from . import layout
+from .formats import SERIALIZATION_FORMATS, TS, keep_cached, parquet_options  # noqa: F401 - format rules
 from .objstore import ObjectStore
 from .stats import ChunkStats, Order
 
 log = logs.get(__name__)
-
-TS = "timestamp_ns"
-
-SERIALIZATION_FORMATS = ("default", "ragged", "image")
-
-
-def parquet_options(schema: pa.Schema, serialization_format: str) -> dict:
-    """pyarrow.parquet writer options per serialization format (STORAGE_AND_QUERY.md §2.4.3)."""
-    common = {"version": "2.6", "data_page_version": "2.0", "write_page_index": True,
-              "store_schema": True}
-    if serialization_format == "default":
-        return {**common, "compression": "lz4", "use_dictionary": True, "write_statistics": True}
-    others = [f.name for f in schema if f.name != TS]
-    compression = {name: "zstd" for name in others}
-    compression[TS] = "none"
-    return {**common, "compression": compression, "compression_level": {n: 5 for n in others},
-            "use_dictionary": False, "write_statistics": [TS]}
-
 
 @dataclass
 class ChunkInfo:
@@ -99,7 +83,7 @@ class ChunkWriter:
         self.store = store
         self.folder = folder
         self.schema = schema
-        self.options = parquet_options(schema, serialization_format)
+        self.serialization_format = serialization_format
         self.max_chunk_size = max_chunk_size
         self.row_group_bytes = row_group_bytes
         self.on_chunk = on_chunk
@@ -153,7 +137,7 @@ class ChunkWriter:
         self._buffer.clear()
         self._buffered = 0
         if self._writer is None:
-            self._open_chunk()
+            self._open_chunk(table)
         assert self._writer is not None and self._current is not None
         # statistics and encoding both release the GIL: compute them side by side
         stats = self._stats_pool().submit(_update_stats, self._current.stats, table)
@@ -161,6 +145,8 @@ class ChunkWriter:
             self._writer.write_table(table, row_group_size=max(1, table.num_rows))
         finally:
             stats.result()
+        if not keep_cached(self.serialization_format):
+            _release_cache(self._sink)
         if self._sink_position() >= self.max_chunk_size:
             self._close_chunk()
 
@@ -174,19 +160,19 @@ class ChunkWriter:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _open_chunk(self) -> None:
+    def _open_chunk(self, first: pa.Table) -> None:
+        """A new chunk file; ``first`` (its first row group) decides the per-column encoding."""
         index = self._next_index
         self._next_index += 1
         key = layout.data_key(self.folder, index)
         local = self.store.local_path(key)
         if local is not None:
-            import os
-
             os.makedirs(os.path.dirname(local), exist_ok=True)
             self._sink = pa.OSFile(local, "wb")  # native file: no GIL round-trips per page
         else:
             self._sink = self.store.open_write(key)
-        self._writer = pq.ParquetWriter(self._sink, self.schema, **self.options)
+        options = parquet_options(self.schema, self.serialization_format, first)
+        self._writer = pq.ParquetWriter(self._sink, self.schema, **options)
         self._current = ChunkInfo(index, key, 0, ChunkStats(self.schema))
 
     def _sink_position(self) -> int:
@@ -202,6 +188,8 @@ class ChunkWriter:
             return
         self._writer.close()
         self._writer = None
+        if not keep_cached(self.serialization_format):
+            _release_cache(self._sink)
         self._close_sink()
         info = self._current
         self._current = None
@@ -209,6 +197,12 @@ class ChunkWriter:
         self.chunks.append(info)
         if self.on_chunk is not None:
             self.on_chunk(info)
+
+
+def _release_cache(sink) -> None:
+    """Start write-back of a local chunk file and drop its clean pages from the page cache."""
+    if isinstance(sink, pa.OSFile) and hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(sink.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _update_stats(stats: ChunkStats, table: pa.Table) -> None:

@@ -1,0 +1,155 @@
+"""Parquet encoding rules per serialization format and column: the one place that decides which
+columns are compressed, with what, and which are dictionary-encoded (README: "Storage format").
+
+* every format: Parquet 2.6, data pages v2, page index, Arrow schema stored; ``timestamp_ns``
+  always has statistics (readers prune row groups with them).
+* ``default`` (numeric sensor topics): lz4 on every column, statistics on, dictionary encoding on
+  except for binary columns (each value is a distinct blob: the dictionary only costs hashing
+  and is abandoned at its size limit).
+* ``ragged`` and ``image``: ``timestamp_ns`` uncompressed; every other column zstd level 5 without
+  dictionary or statistics, **except binary columns whose values do not compress** (JPEG/PNG/H.264
+  payloads, encrypted or already compressed blobs): they are stored uncompressed.  zstd spends
+  most of a large-binary upload's CPU on such bytes and saves nothing.
+
+Chunk files of ``ragged`` and ``image`` topics on a local store do not stay in the page cache:
+after each row group the file's written pages are released (``posix_fadvise(DONTNEED)``, which
+also starts their write-back).  Large payloads, written once and read seldom, then cost the
+kernel recycled cache pages instead of fresh ones (``perf``: half of an image upload's CPU was
+the copy into fresh cache pages), and do not push other data out of the cache.  ``default``
+topics (small, often read right away) stay cached.
+
+Whether a binary column compresses is decided per chunk file from the first row group written to
+it (``sample``): up to ``SAMPLE_BYTES`` of its values, taken from a few places spread over the
+row group, are compressed with zstd level 1; a column that does not shrink below
+``INCOMPRESSIBLE_RATIO`` of its size is stored uncompressed.  Level 1 compresses less than level
+5, so a column that passes the check compresses with level 5 at least as well as measured.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TS = "timestamp_ns"
+
+SERIALIZATION_FORMATS = ("default", "ragged", "image")
+
+ZSTD_LEVEL = 5
+SAMPLE_BYTES = 1 << 20  # per binary column and chunk
+SAMPLE_SPOTS = 8  # places of the row group the sample is taken from
+INCOMPRESSIBLE_RATIO = 0.97  # compressed / original above this: store uncompressed
+
+_COMMON = {"version": "2.6", "data_page_version": "2.0", "write_page_index": True, "store_schema": True}
+
+
+def keep_cached(serialization_format: str) -> bool:
+    """Whether chunk files of this format stay in the page cache once written (local store)."""
+    return serialization_format == "default"
+
+
+def is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) \
+        or pa.types.is_binary_view(t)
+
+
+def _binary_paths(schema: pa.Schema) -> list[str]:
+    """Dotted Parquet column paths of the binary leaves outside lists (``data``, ``a.b``)."""
+    out: list[str] = []
+
+    def walk(t: pa.DataType, path: str) -> None:
+        if pa.types.is_struct(t):
+            for i in range(t.num_fields):
+                walk(t.field(i).type, f"{path}.{t.field(i).name}")
+        elif is_binary(t):
+            out.append(path)
+
+    for f in schema:
+        walk(f.type, f.name)
+    return out
+
+
+def _leaf_column(table: pa.Table, path: str) -> pa.Array:
+    names = path.split(".")
+    arr = table.column(names[0]).combine_chunks() if table.column(names[0]).num_chunks != 1 \
+        else table.column(names[0]).chunk(0)
+    for name in names[1:]:
+        arr = arr.field(name)
+    return arr
+
+
+def _sample(values: pa.Array, budget: int = SAMPLE_BYTES, spots: int = SAMPLE_SPOTS) -> bytes:
+    """About ``budget`` bytes of values, from up to ``spots`` disjoint places spread over the
+    array (never the same value twice: repeats would look compressible)."""
+    n = len(values)
+    if n == 0 or values.null_count == n:
+        return b""
+    per_value = max(1, (values.nbytes or 1) // n)
+    count = max(1, min(n // spots, budget // spots // per_value + 1))
+    if count * spots >= n or n <= spots:
+        starts, count = [0], n  # small: all of it
+    else:
+        starts = [(n - count) * k // (spots - 1) for k in range(spots)]
+    parts: list[bytes] = []
+    for start in starts:
+        parts.extend(v[: budget // len(starts)] for v in values.slice(start, count).to_pylist() if v)
+    return b"".join(parts)[:budget]
+
+
+def compresses(data: bytes) -> bool:
+    """Whether zstd (level 1) shrinks ``data`` below INCOMPRESSIBLE_RATIO of its size."""
+    if len(data) < 4096:
+        return True  # too little to judge: keep the format's default
+    codec = pa.Codec("zstd", compression_level=1)
+    return codec.compress(data).size < INCOMPRESSIBLE_RATIO * len(data)
+
+
+def incompressible_columns(schema: pa.Schema, sample: pa.Table | None) -> list[str]:
+    """Binary columns of ``sample`` whose values do not compress."""
+    if sample is None or sample.num_rows == 0:
+        return []
+    return [p for p in _binary_paths(schema) if not compresses(_sample(_leaf_column(sample, p)))]
+
+
+def parquet_options(schema: pa.Schema, serialization_format: str, sample: pa.Table | None = None) -> dict:
+    """``pyarrow.parquet.ParquetWriter`` options for a chunk file of a topic in
+    ``serialization_format``; ``sample``: the first rows going into the file (binary columns
+    that do not compress are then stored uncompressed)."""
+    if serialization_format == "default":
+        binary = set(_binary_paths(schema))
+        dictionary: bool | list[str] = True
+        if binary:
+            dictionary = [c for c in _leaf_paths(schema) if c not in binary]
+        return {**_COMMON, "compression": "lz4", "use_dictionary": dictionary, "write_statistics": True}
+    if serialization_format not in SERIALIZATION_FORMATS:
+        raise ValueError(f"unknown serialization format {serialization_format!r}")
+    raw = set(incompressible_columns(schema, sample))
+    compression: dict[str, str] = {}
+    levels: dict[str, int] = {}
+    for c in _leaf_paths(schema):
+        if c == TS or c in raw:
+            compression[c] = "none"
+        else:
+            compression[c] = "zstd"
+            levels[c] = ZSTD_LEVEL
+    return {**_COMMON, "compression": compression, "compression_level": levels, "use_dictionary": False,
+            "write_statistics": [TS]}
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """Dotted paths of every Parquet leaf column (lists: the path of the list field)."""
+    out: list[str] = []
+
+    def walk(t: pa.DataType, path: str) -> None:
+        if pa.types.is_struct(t):
+            for i in range(t.num_fields):
+                walk(t.field(i).type, f"{path}.{t.field(i).name}")
+        elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            walk(t.value_type, f"{path}.list.element")  # Parquet's compliant list layout
+        elif pa.types.is_map(t):
+            walk(t.key_type, f"{path}.key_value.key")
+            walk(t.item_type, f"{path}.key_value.value")
+        else:
+            out.append(path)
+
+    for f in schema:
+        walk(f.type, f.name)
+    return out
