@@ -84,8 +84,9 @@ def connect(settings: Settings, *, migrate_schema: bool = True, pool_size: int |
     """Open the catalog (starting the embedded PostgreSQL if no URL), check it, apply migrations."""
     url = database_url(settings)
     size = pool_size or settings.max_db_connections
-    engine = sa.create_engine(url, pool_size=size, max_overflow=size, pool_pre_ping=True,
+    engine = sa.create_engine(url, pool_size=size, max_overflow=size,
                               connect_args={"connect_timeout": 5, "application_name": "mosaicod"})
+    ping_when_idle(engine)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
@@ -97,6 +98,35 @@ def connect(settings: Settings, *, migrate_schema: bool = True, pool_size: int |
     if migrate_schema:
         migrate(engine)
     return engine
+
+
+PING_AFTER_IDLE_S = 2.0
+
+
+def ping_when_idle(engine: Engine, idle_s: float = PING_AFTER_IDLE_S) -> None:
+    """Check a pooled connection at checkout only when it sat idle for ``idle_s`` seconds.
+
+    SQLAlchemy's ``pool_pre_ping`` costs a round trip on *every* checkout, and a small sequence
+    checks out ~25 connections (``py-spy``: a quarter of the catalog wait of a small sequence).
+    A connection used moments ago is alive; one that sat idle (PostgreSQL restarted, a proxy
+    dropped it) is pinged, and replaced when dead (the pool retries the checkout)."""
+    import time
+
+    @sa.event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_conn, record):  # noqa: ANN001 - SQLAlchemy event signature
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn, record, proxy):  # noqa: ANN001
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_s:
+            return
+        try:
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            dbapi_conn.rollback()
+        except Exception:
+            raise sa.exc.DisconnectionError("catalog connection lost while idle") from None
 
 
 def migrations_dir() -> Path:
