@@ -24,6 +24,7 @@ from .store import layout
 from .store.chunks import (SERIALIZATION_FORMATS, TS, ChunkInfo, ChunkWriter, commit_doc_for, open_parquet,
                            read_topic)
 from .store.objstore import ObjectStore
+from .store.pipeline import BackgroundWriter
 from .tickets import TopicTicket
 from .wirejson import int64, parse_object as parse_json_object  # the one wire JSON parser
 
@@ -398,9 +399,11 @@ class Upload:
         self.folder = folder
         self.schema = schema
         s = service.settings
-        self.writer = ChunkWriter(service.store, folder, schema, topic["serialization_format"],
-                                  max_chunk_size=s.max_chunk_size, row_group_bytes=s.row_group_size,
-                                  on_chunk=self._index_chunk)
+        chunks = ChunkWriter(service.store, folder, schema, topic["serialization_format"],
+                             max_chunk_size=s.max_chunk_size, row_group_bytes=s.row_group_size,
+                             on_chunk=self._index_chunk)
+        # encoding and store writes on a writer thread, overlapping the receiving of the next batches
+        self.writer = BackgroundWriter(chunks, max_bytes=s.row_group_size, name=f"upload-{folder}")
         self.rows = 0
         self.bytes_in = 0
         self.ended = False  # finished or interrupted
