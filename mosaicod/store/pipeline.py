@@ -37,6 +37,11 @@ class BackgroundWriter:
         self._thread.start()
 
     @property
+    def chunks(self) -> list:
+        """The chunks the writer has closed so far."""
+        return self.writer.chunks
+
+    @property
     def queued_bytes(self) -> int:
         return self._queued
 
