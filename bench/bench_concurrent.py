@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+"""Many clients at once: 4 writers + 4 readers of different topics against N mosaicod processes.
+
+One command, this machine:
+
+    python bench/bench_concurrent.py            # 256 MiB per stream, 2 server processes
+    python bench/bench_concurrent.py --quick    # 64 MiB per stream
+    python bench/bench_concurrent.py --servers 1
+
+Starts ``--servers`` ``mosaicod serve`` processes on one data dir (one embedded PostgreSQL
+catalog, one local store; each process on its own loopback port, as behind an L4 load balancer:
+see README "Several server processes"), stores 4 topics to be read, then runs two phases, each
+client in its own process speaking the protocol through ``pyarrow.flight`` (IMU-like rows,
+16 MiB batches; clients are spread over the servers round-robin):
+
+* single: 1 writer (a new topic) and 1 reader (a stored topic) at the same time, one server;
+* load: 4 writers (4 new topics) and 4 readers (the 4 stored topics) at the same time.
+
+Aggregate throughput = Arrow bytes written + read by all clients / wall time of the phase.
+Target: load >= 1.6x single.  During the load phase a probe sends ``info`` every 25 ms to the
+servers in turn; target: ``info`` p99 <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.flight as flight
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from bench_core import MiB, ImuData, Mosaicod, drain, free_port  # noqa: E402
+
+WRITERS = READERS = 4
+
+
+def _action(client, name: str, body: dict):
+    res = list(client.do_action(flight.Action(name, json.dumps(body).encode())))
+    return json.loads(res[0].body.to_pybytes())["response"] if res else None
+
+
+def write_topic(location: str, seq: str, nbytes: int, batch_bytes: int) -> int:
+    """One sequence with one topic of ``nbytes`` Arrow bytes; returns the bytes sent."""
+    client = flight.FlightClient(location)
+    data = ImuData(nbytes, batch_bytes)
+    _action(client, "sequence_create", {"locator": seq, "user_metadata": {}})
+    session = _action(client, "session_create", {"locator": seq})["uuid"]
+    tuuid = _action(client, "topic_create", {"session_uuid": session, "locator": f"{seq}/imu",
+                                             "serialization_format": "default", "ontology_tag": "IMU",
+                                             "user_metadata": {}})["uuid"]
+    cmd = json.dumps({"resource_locator": f"{seq}/imu", "topic_uuid": tuuid}).encode()
+    w, _ = client.do_put(flight.FlightDescriptor.for_command(cmd), data.schema)
+    for b in data.batches():
+        w.write_batch(b)
+    w.done_writing()
+    w.close()
+    _action(client, "session_finalize", {"session_uuid": session})
+    client.close()
+    return data.total_bytes
+
+
+def read_topic(location: str, seq: str) -> int:
+    client = flight.FlightClient(location)
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(
+        json.dumps({"resource_locator": f"{seq}/imu"}).encode()))
+    nbytes, _rows = drain(client.do_get(info.endpoints[0].ticket))
+    client.close()
+    return nbytes
+
+
+def _client(job: tuple, start: mp.Event, out: mp.Queue) -> None:
+    kind, location, seq, nbytes, batch_bytes = job
+    start.wait()
+    t0 = time.perf_counter()
+    moved = write_topic(location, seq, nbytes, batch_bytes) if kind == "w" else read_topic(location, seq)
+    out.put((kind, seq, moved, time.perf_counter() - t0))
+
+
+def run_phase(jobs: list[tuple], probe_locations: list[str] | None) -> tuple[float, int, list, list[float]]:
+    """Start one process per job, release them together; returns (wall, bytes, per-client, info ms)."""
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(j, start, out)) for j in jobs]
+    for p in procs:
+        p.start()
+    time.sleep(2.0)  # processes imported pyarrow and wait on the event
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        clients = [flight.FlightClient(loc) for loc in probe_locations]
+        i = 0
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            list(clients[i % len(clients)].do_action(flight.Action("info", b"{}")))
+            latencies.append((time.perf_counter() - t0) * 1000)
+            i += 1
+            stop.wait(0.025)
+        for c in clients:
+            c.close()
+
+    prober = threading.Thread(target=probe, daemon=True) if probe_locations else None
+    t0 = time.perf_counter()
+    start.set()
+    if prober:
+        prober.start()
+    results = [out.get(timeout=1800) for _ in jobs]
+    wall = time.perf_counter() - t0
+    stop.set()
+    if prober:
+        prober.join()
+    for p in procs:
+        p.join()
+    return wall, sum(r[2] for r in results), results, latencies
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="64 MiB per stream")
+    ap.add_argument("--servers", type=int, default=2, help="mosaicod processes on one catalog and store (default 2)")
+    ap.add_argument("--tmp-dir", help="where temp data goes (default: system temp dir)")
+    args = ap.parse_args(argv)
+    per_stream = (64 if args.quick else 256) * MiB
+    batch_bytes = 16 * MiB
+    started = time.monotonic()
+    load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    workdir = Path(tempfile.mkdtemp(prefix="mosaicod-bench-conc-", dir=args.tmp_dir))
+    servers: list[Mosaicod] = []
+    try:
+        first = Mosaicod(workdir, "shared")
+        servers.append(first)
+        for k in range(1, args.servers):  # the same data dir: joins the embedded PostgreSQL and store
+            srv = Mosaicod.__new__(Mosaicod)
+            srv.data_dir, srv.log, srv.cmd, srv.env = first.data_dir, workdir / f"mosaicod-{k}.log", first.cmd, first.env
+            srv._start()
+            servers.append(srv)
+        locs = [s.location for s in servers]
+        print(f"[{time.monotonic() - started:5.0f}s] storing {READERS + 1} topics to read", flush=True)
+        for r in range(READERS + 1):
+            write_topic(locs[0], f"stored_{r}", per_stream, batch_bytes)
+        print(f"[{time.monotonic() - started:5.0f}s] single: 1 writer + 1 reader", flush=True)
+        s_wall, s_bytes, s_res, s_lat = run_phase(
+            [("w", locs[0], "single_w", per_stream, batch_bytes), ("r", locs[0], f"stored_{READERS}", 0, 0)],
+            [locs[0]])
+        print(f"[{time.monotonic() - started:5.0f}s] load: {WRITERS} writers + {READERS} readers over "
+              f"{len(locs)} server(s)", flush=True)
+        jobs = []
+        for i in range(WRITERS):
+            jobs.append(("w", locs[i % len(locs)], f"load_w{i}", per_stream, batch_bytes))
+            jobs.append(("r", locs[(i + 1) % len(locs)], f"stored_{i}", 0, 0))
+        l_wall, l_bytes, l_res, l_lat = run_phase(jobs, locs)
+    finally:
+        for srv in servers[1:]:
+            srv._stop()
+        if servers:
+            servers[0].close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    s_rate, l_rate = s_bytes / s_wall / 1e6, l_bytes / l_wall / 1e6
+    ratio = l_rate / s_rate
+    p99 = float(np.percentile(l_lat, 99)) if l_lat else float("nan")
+    print()
+    print(f"concurrent clients benchmark{' (--quick)' if args.quick else ''} - {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"took {time.monotonic() - started:.0f}s; {len(locs)} server process(es), {os.cpu_count()} cores; "
+          f"{per_stream // MiB} MiB per stream")
+    print(f"{'row':44} {'value':>12}  target")
+    print("-" * 80)
+    print(f"{'single: 1 writer + 1 reader, MB/s':44} {s_rate:12.1f}")
+    print(f"{f'load: {WRITERS} writers + {READERS} readers, MB/s':44} {l_rate:12.1f}")
+    print(f"{'load / single':44} {ratio:11.2f}x  >= 1.60x {'OK' if ratio >= 1.6 else 'MISS'}")
+    print(f"{'info during load, p50 / p99 ms':44} {np.percentile(l_lat, 50):5.1f} /{p99:5.1f}  "
+          f"p99 <= 50 {'OK' if p99 <= 50 else 'MISS'}  ({len(l_lat)} probes)")
+    print(f"{'info during single, p50 / p99 ms':44} {np.percentile(s_lat, 50):5.1f} /{np.percentile(s_lat, 99):5.1f}")
+    for name, res in (("single", s_res), ("load", l_res)):
+        print(f"{name} clients (kind seq MB/s): " + "; ".join(f"{k} {q} {b / t / 1e6:.0f}" for k, q, b, t in res))
+    print(f"load average at start: {load0}; at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
