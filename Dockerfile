@@ -3,7 +3,8 @@
 #   docker build -t mosaicod:local .
 #   docker run -d --name mosaicod -p 127.0.0.1:6726:6726 -v mosaicod-data:/var/lib/mosaicod mosaicod:local
 # `mosaicod serve` runs as PID 1 and handles SIGTERM (`docker stop`): it stops serving, stops the
-# embedded PostgreSQL it started and exits, well within docker's 10 s grace period.
+# embedded PostgreSQL it started and exits (1-3 s); a stop requested while it is still starting is
+# honoured as soon as it is up.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
