@@ -8,6 +8,7 @@ Fixtures
 - ``start_server``    factory: start an in-process mosaicod with given Settings; stopped at teardown.
 - ``server``          one running server (local store); ``.port``, ``.runtime``, ``.settings``.
 - ``client``          a connected ``MosaicoClient`` against ``server``.
+- ``restore_logging`` puts structlog / stdlib logging back after a test that configures them.
 - ``s3_endpoint``     (session) moto standalone S3 server on 127.0.0.1; ``s3_settings`` overrides.
 """
 
@@ -166,6 +167,28 @@ def raw_client(server) -> Iterator[Any]:
     c = flight.FlightClient(server.location)
     yield c
     c.close()
+
+
+# -- logging ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def restore_logging():
+    """For tests that call logs.configure(): put structlog and the root logger back after."""
+    import logging
+
+    import structlog
+
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
 
 
 # -- S3 (moto standalone server) ------------------------------------------------------------------

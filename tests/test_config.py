@@ -1,10 +1,8 @@
 """Configuration resolution: flag > environment > config file > default; secrets handling."""
 
-import logging
 from pathlib import Path
 
 import pytest
-import structlog
 
 from mosaicod.config import MiB, ConfigError, load_settings
 
@@ -75,22 +73,6 @@ def test_secrets_from_file_and_never_shown(tmp_path):
 
 
 # -- precedence through the real CLI path (argparse -> settings_from_args) -------------------------
-
-@pytest.fixture
-def restore_logging():
-    """settings_from_args calls logs.configure(): put structlog and the root logger back after."""
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    try:
-        yield
-    finally:
-        structlog.configure(**saved)
-        for h in list(root.handlers):
-            if h not in handlers:
-                root.removeHandler(h)
-        root.setLevel(level)
-
 
 @pytest.fixture
 def cli_env(monkeypatch, restore_logging):
