@@ -10,7 +10,7 @@ malformed requests of every family of tests/fuzz_cases.py through a raw pyarrow.
 one at a time.  The server's CPU time (user + system, from /proc via psutil) is read before and
 after each request.
 
-Prints: outcomes by family (status counts), the most expensive erroneous requests with their
+Prints: outcomes by family (status counts), one refusal message per family, the most expensive erroneous requests with their
 server CPU, and the checks: no INTERNAL/UNKNOWN status, no traceback / path / SQL / exception
 class name in any message, every "must refuse" case refused, the server alive, the baseline
 unchanged.  **Target: the most expensive erroneous request costs <= 50 ms of server CPU.**
@@ -111,6 +111,7 @@ def main() -> int:
     families = [f for f in args.families.split(",") if f] or None
     tally = fz.Tally()
     costs: list[tuple[float, float, str, str]] = []  # (cpu ms, wall ms, status, case)
+    examples: dict[str, tuple[str, str]] = {}  # family -> (status, message) of its first refusal
     started = time.monotonic()
     try:
         fz.seed_baseline(client)
@@ -122,6 +123,7 @@ def main() -> int:
             w1, c1 = time.perf_counter(), cpu_ms(ps)
             tally.record(case, out)
             if out.status != "OK":
+                examples.setdefault(case.family, (out.status, fz.server_part(out.message)))
                 costs.append((round(c1 - c0, 1), (w1 - w0) * 1000, out.status, case.describe()))
             if (i + 1) % 1000 == 0:
                 print(f"  {i + 1} requests, {time.monotonic() - started:.0f} s", file=sys.stderr)
@@ -140,6 +142,10 @@ def main() -> int:
         counts = tally.by_family[fam]
         print(fam.ljust(width) + "".join(str(counts.get(s, "")).rjust(18) for s in statuses)
               + f"{sum(counts.values()):8d}")
+    print("\none refusal per family (status: message):")
+    for fam in sorted(examples):
+        status, message = examples[fam]
+        print(f"  {fam.ljust(width)}{status}: {message[:170]}")
     costs.sort(reverse=True)
     print(f"\nmost expensive erroneous requests (server CPU, wall):")
     for cpu, wall, status, what in costs[: args.top]:

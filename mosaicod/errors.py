@@ -38,12 +38,14 @@ once when the Flight server is built, idempotent — replaces ``traceback.format
 wrapper that changes only two cases and hands everything else to the original function:
 
 1. the exception is one of our wire classes (``InvalidArgument``, ``NotFound``,
-   ``Unimplemented`` below, raised only by ``to_wire``): the "formatted exception" is just the
+   ``Unimplemented`` below, the classes the boundary raises): the "formatted exception" is just the
    status name, so the client sees e.g. ``"Sequence `x` not found. Detail: Python exception:
    NOT_FOUND"``;
 2. any other exception whose traceback starts in ``pyarrow/_flight.pyx`` (something escaped the
    boundary, e.g. inside pyarrow's own stream handling): the traceback is logged once under a new
-   error id and the client gets ``"see the server log (id <id>)"`` instead of the traceback.
+   error id and the client gets ``"see the server log (id <id>)"`` instead of the traceback
+   (the status message itself, ``str(exc)``, still goes out unfiltered: only the boundary makes
+   messages safe, which is why every endpoint and every stream goes through it).
 
 Logging is unaffected: structlog and ``logging`` format tracebacks with
 ``traceback.print_exception`` / ``TracebackException``, which the wrapper does not touch, and they

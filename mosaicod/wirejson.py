@@ -1,5 +1,5 @@
-"""The one parser of wire JSON (action bodies, GetFlightInfo / GetSchema / DoPut commands, DoGet
-tickets), with explicit limits.
+"""The one parser of wire JSON (action bodies, GetFlightInfo / GetSchema / DoPut commands), with
+explicit limits.  (DoGet tickets are binary: ``tickets.py``.)
 
 Everything a client sends as JSON goes through ``parse_object`` before any catalog or store call.
 It refuses, with ``INVALID_ARGUMENT`` and the offending field named:
@@ -12,9 +12,13 @@ It refuses, with ``INVALID_ARGUMENT`` and the offending field named:
   it), a lone UTF-16 surrogate (not encodable as UTF-8), ``NaN`` / ``Infinity`` (not JSON), a
   number too large for a float (``1e400``), an integer literal longer than ``MAX_INT_DIGITS``.
 
-Integers beyond int64 but within float range are returned as Python ints; the layer that knows
-the field's type decides (timestamps must be int64, query operands may be floats, user metadata
-must fit what the catalog stores).
+Integers beyond int64 (up to ``MAX_INT_DIGITS`` digits) are returned as Python ints; the layer
+that knows the field's type decides (timestamps must be int64, query operands beyond int64 compare
+as floats and are refused beyond the float range, user metadata stores them as JSON numbers).
+
+Cost: the checks that need a walk over the decoded document run only when a cheap test on the
+raw text says they might fail; decoding runs with garbage collection paused.  An erroneous
+document of the maximum size costs a few tens of milliseconds (bench/fuzz_errors.py).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class _Invalid:
 def _parse_int(text: str) -> Any:
     digits = len(text) - (text[0] == "-")
     if digits > MAX_INT_DIGITS:
-        return _Invalid(f"an integer of {digits} digits is too large")
+        return _Invalid(f"an integer of {digits} digits is too large (at most {MAX_INT_DIGITS})")
     return int(text)
 
 
@@ -64,13 +68,14 @@ def _parse_constant(name: str) -> Any:
 
 
 def path_str(path: list) -> str:
-    out = ""
-    for p in path:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        else:
-            out += ("." if out else "") + errors.shown(p, 60)
-    return errors.shown(out, 160) if out else "(document)"
+    """``a.b[3].c``; a deep path keeps its first and last steps (``a[0][0]...[0][0]``)."""
+    def step(p) -> str:
+        return f"[{p}]" if isinstance(p, int) else "." + errors.shown(p, 60)
+
+    steps = [step(p) for p in path]
+    if len(steps) > 10:
+        steps = steps[:5] + [f"...({len(steps) - 7} more)..."] + steps[-2:]
+    return errors.shown("".join(steps).removeprefix("."), 200) if steps else "(document)"
 
 
 def _string_problem(s: str) -> str | None:
@@ -127,10 +132,11 @@ def check_value(doc: Any, what: str = "body") -> None:
                 stack.append((child, (p, k), depth + 1))
             elif t is float:
                 if child - child != 0.0:  # inf or nan
-                    raise _fail(what, (p, k), f"the number {child} is out of range")
+                    raise _fail(what, (p, k), "the number is out of range (beyond about ±1.8e308)")
             elif t is int:
                 if child.bit_length() > _MAX_INT_BITS:
-                    raise _fail(what, (p, k), "the integer is too large")
+                    raise _fail(what, (p, k), f"an integer of {len(str(abs(child)))} digits is too large "
+                                              f"(at most {MAX_INT_DIGITS})")
             elif t is _Invalid:
                 raise _fail(what, (p, k), child.why)
 
