@@ -15,6 +15,10 @@ uploads through a raw ``pyarrow.flight`` client speaking the mosaicod protocol, 
   returned, per GB (10^9 bytes) of payload, best of ``--reps``.  Target: <= 0.5x the same figure
   of the server as it was before issue 14 (``--baseline`` git revision, extracted with
   ``git archive`` and run side by side: uploads alternate between the two servers);
+* information: the same CPU figure for the encode + store-write part alone, in the bench's own
+  process (256 MiB, the previous rules against ``ChunkWriter``'s, alternating, best of 5): what
+  the format rules change, without the transport (gRPC receive and message reassembly), which
+  they do not touch;
 * ``Image`` rows with raw ``bgr8`` 640x480 frames (a smooth scene with sensor noise:
   compressible); figure: bytes of the topic's Parquet files.  Target: no larger than what the
   baseline server writes for the same rows.
@@ -134,6 +138,55 @@ def topic_files(srv: Mosaicod) -> list[Path]:
     return sorted(p for p in store.rglob("*.parquet"))
 
 
+def write_path_cpu(data: Images, workdir: Path, reps: int = 5) -> dict[str, list[float]]:
+    """CPU s/GB of the encode + store-write part alone, in this process: the pre-issue-14 rules
+    (zstd level 5 on every image column, page-cache writes) against ChunkWriter's current ones
+    (store/formats.py + page-cache release), same 32 MiB row groups, alternating."""
+    import resource
+
+    from mosaicod.store.chunks import ChunkWriter
+    from mosaicod.store.objstore import ObjectStore
+
+    def cpu_now() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    batches = list(data.batches())
+    others = [f.name for f in data.schema if f.name != "timestamp_ns"]
+    before = {"version": "2.6", "data_page_version": "2.0", "write_page_index": True, "store_schema": True,
+              "compression": {**{n: "zstd" for n in others}, "timestamp_ns": "none"},
+              "compression_level": {n: 5 for n in others}, "use_dictionary": False,
+              "write_statistics": ["timestamp_ns"]}
+    store = ObjectStore.local(str(workdir / "inproc"))
+    out: dict[str, list[float]] = {"before": [], "ours": []}
+    gb = data.payload_bytes / 1e9
+    for r in range(reps):
+        c0 = cpu_now()
+        path = workdir / "inproc" / "before.parquet"
+        with pa.OSFile(str(path), "wb") as sink, pq.ParquetWriter(sink, data.schema, **before) as w:
+            buf, size = [], 0
+            for b in batches:
+                buf.append(b)
+                size += b.nbytes
+                if size >= 32 * MiB:
+                    t = pa.Table.from_batches(buf)
+                    w.write_table(t, row_group_size=t.num_rows)
+                    buf, size = [], 0
+            if buf:
+                t = pa.Table.from_batches(buf)
+                w.write_table(t, row_group_size=t.num_rows)
+        out["before"].append((cpu_now() - c0) / gb)
+        path.unlink()
+        c0 = cpu_now()
+        cw = ChunkWriter(store, f"tp_{r}", data.schema, "image", max_chunk_size=256 * MiB, row_group_bytes=32 * MiB)
+        for b in batches:
+            cw.write(b)
+        cw.close()
+        out["ours"].append((cpu_now() - c0) / gb)
+        store.delete_tree(f"tp_{r}")
+    return out
+
+
 def checkout(rev: str, into: Path) -> Path:
     """The ``mosaicod`` package of git revision ``rev`` of this repository, extracted under ``into``."""
     repo = HERE.parent
@@ -175,6 +228,10 @@ def main(argv=None) -> int:
         ours_size = sum(p.stat().st_size for p in topic_files(servers["ours"]))
         upload(servers["before"], "raw_0", raw)
         before_size = sum(p.stat().st_size for p in topic_files(servers["before"]))
+        for srv in servers.values():
+            srv.close()
+        servers = {}
+        inproc = write_path_cpu(Images("compressed", 256 * MiB), workdir)
     finally:
         for srv in servers.values():
             srv.close()
@@ -187,6 +244,9 @@ def main(argv=None) -> int:
         ("binary ingest, server CPU s/GB (before)", f"{best['before']:.2f}", "1.00x", ""),
         ("binary ingest, server CPU s/GB", f"{best['ours']:.2f}", f"{ratio:.2f}x",
          f"<= 0.50x {'OK' if ratio <= 0.5 else 'MISS'}"),
+        ("encode + store write only (before)", f"{min(inproc['before']):.2f}", "1.00x", "(info, in-process)"),
+        ("encode + store write only", f"{min(inproc['ours']):.2f}",
+         f"{min(inproc['ours']) / min(inproc['before']):.2f}x", "(info, in-process)"),
         ("raw images, bytes on disk (before)", f"{before_size / 1e6:.1f} MB", "1.000x", ""),
         ("raw images, bytes on disk", f"{ours_size / 1e6:.1f} MB", f"{size_ratio:.3f}x",
          f"<= 1.00x {'OK' if ours_size <= before_size else 'MISS'}"),
@@ -202,6 +262,8 @@ def main(argv=None) -> int:
         print(f"{label:42} {value:>10} {vs:>10}  {verdict}")
     for name, vs in runs.items():
         print(f"all runs {name} (s/GB, wall s): " + "; ".join(f"{c:.2f} {w:.1f}" for c, w in vs))
+    for name, vs in inproc.items():
+        print(f"in-process encode + store write, {name} (s/GB): " + " ".join(f"{c:.2f}" for c in vs))
     print(f"load average at start: {load0}; at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
