@@ -240,7 +240,7 @@ class Catalog:
     def start_upload(self, topic_id: int, topic_uuid: uuidlib.UUID, locator: str, folder: str,
                      schema_ipc: bytes) -> None:
         """The single-writer barrier: claim an EMPTY topic for one DoPut stream."""
-        with self.engine.begin() as conn:
+        with self._session_step() as conn:
             row = conn.execute(sa.select(topic_t.c.topic_uuid, topic_t.c.path_in_store,
                                          topic_t.c.completion_unix_tstamp, topic_t.c.interrupted_unix_tstamp)
                                .where(topic_t.c.topic_id == topic_id).with_for_update()).mappings().first()
