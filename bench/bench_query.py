@@ -152,6 +152,9 @@ def main() -> int:
         if srv is not None:
             srv.cleanup()
     print(json.dumps(report, indent=1))
+    worst = max((v[10000]["p50_ms"], k) for k, v in report["metadata"].items())
+    print(f"metadata queries at 10k sequences, worst p50: {worst[0]:.1f} ms ({worst[1]})  "
+          f"target <= 25 ms {'OK' if worst[0] <= 25 else 'MISS'}")
     return 0
 
 
