@@ -1,4 +1,4 @@
-"""Initial catalog: the 0.7 end-state schema (STORAGE_AND_QUERY.md §3.2) plus our columns.
+"""Initial catalog: the upstream 0.7 end-state schema plus our columns (docs/storage.md#catalog-schema).
 
 Revision ID: 0001
 Revises:
