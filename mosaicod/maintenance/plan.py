@@ -85,24 +85,32 @@ class Plan:
     uploading: list[str] = field(default_factory=list)  # topics left *Uploading*
     unattributed: list[str] = field(default_factory=list)  # anonymous sq_ folders without a name
     problems: list[Problem] = field(default_factory=list)
-    # sequence -> its sessions / topics in insertion order, built on the first lookup (and again if
-    # rows were added since); a plan is complete when build_plan returns
-    _by_sequence: tuple[int, int, dict[str, list[SessionPlan]], dict[str, list[TopicPlan]]] | None = field(
-        default=None, init=False, repr=False, compare=False)
+    # sequence -> its sessions / topics in insertion order, kept by add_session / add_topic
+    _sessions_by_sequence: dict[str, dict[str, SessionPlan]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    _topics_by_sequence: dict[str, dict[str, TopicPlan]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
-    def _index(self) -> tuple[dict[str, list[SessionPlan]], dict[str, list[TopicPlan]]]:
-        idx = self._by_sequence
-        if idx is None or idx[0] != len(self.sessions) or idx[1] != len(self.topics):
-            idx = self._by_sequence = (len(self.sessions), len(self.topics),
-                                       _group_by_sequence(self.sessions.values()),
-                                       _group_by_sequence(self.topics.values()))
-        return idx[2], idx[3]
+    def add_session(self, s: SessionPlan) -> None:
+        _put(self.sessions, self._sessions_by_sequence, s)
+
+    def add_topic(self, t: TopicPlan) -> None:
+        _put(self.topics, self._topics_by_sequence, t)
 
     def sessions_of(self, sequence: str) -> list[SessionPlan]:
-        return list(self._index()[0].get(sequence, ()))
+        return list(self._sessions_by_sequence.get(sequence, {}).values())
 
     def topics_of(self, sequence: str) -> list[TopicPlan]:
-        return list(self._index()[1].get(sequence, ()))
+        return list(self._topics_by_sequence.get(sequence, {}).values())
+
+
+def _put(by_locator: dict, by_sequence: dict[str, dict], item: Any) -> None:
+    """Add (or replace) ``item`` under its locator, in both the flat and the per-sequence index."""
+    old = by_locator.get(item.locator)
+    if old is not None:
+        del by_sequence[old.sequence][item.locator]
+    by_locator[item.locator] = item
+    by_sequence.setdefault(item.sequence, {})[item.locator] = item
 
 
 def _group_by_sequence(items: Iterable[Any]) -> dict[str, list]:
@@ -270,8 +278,8 @@ def build_plan(scan: Scan, *, footer_rows: Callable[[str], int], sequence_map: d
             if not locators.is_session(loc) or loc.partition(":")[0] != name:
                 plan.problems.append(Problem("bad-locator", folder.folder, f"session {loc!r} does not belong to {name}"))
                 continue
-            plan.sessions[loc] = SessionPlan(loc, str(doc.get("uuid") or stable_uuid("session", loc)), name,
-                                             int(doc.get("created_at_ns") or 0), doc.get("completed_at_ns"))
+            plan.add_session(SessionPlan(loc, str(doc.get("uuid") or stable_uuid("session", loc)), name,
+                                         int(doc.get("created_at_ns") or 0), doc.get("completed_at_ns")))
 
     # -- sessions derived from topics (upstream stores, or a lost session file) ----------------
     groups: dict[str, list[TopicFolder]] = {}
@@ -309,7 +317,7 @@ def build_plan(scan: Scan, *, footer_rows: Callable[[str], int], sequence_map: d
         if all(t.completed_at for t in members):
             completed = max(t.completed_at for t in members)
         created = ms * 1_000_000 if ms else created_min
-        plan.sessions[loc] = SessionPlan(loc, sess_uuid, seq, created, completed)
+        plan.add_session(SessionPlan(loc, sess_uuid, seq, created, completed))
         for t in members:
             topic_session[t.folder] = loc
         plan.heuristics.append({"kind": "derived-session", "session": loc, "uuid_exact": uuid_known,
@@ -338,13 +346,13 @@ def build_plan(scan: Scan, *, footer_rows: Callable[[str], int], sequence_map: d
         opt_end = None
         if t.commit and t.commit.get("state") == "optimized":
             opt_end = t.commit.get("committed_at_ns")
-        plan.topics[loc] = TopicPlan(
+        plan.add_topic(TopicPlan(
             locator=loc, uuid=str((t.catalog or {}).get("uuid") or stable_uuid("topic", t.folder)),
             sequence=t.sequence, session=topic_session[t.folder], user_metadata=t.user_metadata,
             path_in_store=t.folder, serialization_format=t.serialization_format, ontology_tag=t.ontology_tag,
             created=t.created_at if t.created_at is not None else t.ulid_ms * 1_000_000,
             completed=completed, optimization_end=opt_end, schema_bytes=t.schema_bytes, files=files,
-            interrupted=interrupted)
+            interrupted=interrupted))
     return plan
 
 
