@@ -21,12 +21,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
-import sqlalchemy as sa
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram,
                                generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 
 from . import errors, logs
+from .catalog import db, repo
 
 log = logs.get("mosaicod.requests")
 hlog = logs.get(__name__)
@@ -187,11 +187,7 @@ class _CatalogCollector:
         g = GaugeMetricFamily("mosaicod_open_sessions",
                               "upload sessions created and not yet finalized (whole catalog)")
         try:
-            with self.engine.connect() as conn:
-                conn.execute(sa.text("SET LOCAL statement_timeout = 2000"))
-                n = conn.execute(sa.text(
-                    "SELECT count(*) FROM session_t WHERE completion_unix_tstamp IS NULL")).scalar_one()
-            g.add_metric([], float(n))
+            g.add_metric([], float(repo.count_open_sessions(self.engine)))
         except Exception:
             return  # catalog down: /healthz says so; omit the gauge
         yield g
@@ -215,8 +211,7 @@ def register_catalog(engine) -> None:
 def health(engine, store) -> tuple[bool, dict[str, str]]:
     checks: dict[str, str] = {}
     try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        db.ping(engine)
         checks["catalog"] = "ok"
     except Exception as exc:
         checks["catalog"] = "unreachable: " + errors.first_line(getattr(exc, "orig", None) or exc, "?")

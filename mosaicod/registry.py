@@ -19,11 +19,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from . import errors, logs
-from .catalog.tables import cleanup_log_t, instance_registry_t
+from .catalog import cleanup_log, instances
 
 log = logs.get(__name__)
 
@@ -74,9 +73,7 @@ class Instance:
             self._thread.join(timeout=5)
         if self.instance_id is not None:
             try:
-                with self.engine.begin() as conn:
-                    conn.execute(sa.delete(instance_registry_t)
-                                 .where(instance_registry_t.c.instance_id == self.instance_id))
+                instances.deregister(self.engine, self.instance_id)
                 log.info("instance deregistered", kind=self.kind, instance_id=self.instance_id)
             except Exception as exc:  # catalog gone at shutdown: the row ages to dead
                 log.warning("instance deregistration failed", kind=self.kind, error=str(exc))
@@ -90,26 +87,14 @@ class Instance:
 
     # -- internals ----------------------------------------------------------------------------
     def _insert(self) -> int:
-        now = now_secs()
-        with self.engine.begin() as conn:
-            return conn.execute(
-                sa.insert(instance_registry_t).values(
-                    kind=self.kind, hostname=socket.gethostname(), pid=os.getpid(),
-                    started_unix_tstamp_secs=now, last_heartbeat_unix_tstamp_secs=now,
-                    one_shot=self.one_shot, address=self.address)
-                .returning(instance_registry_t.c.instance_id)).scalar_one()
+        return instances.register(self.engine, kind=self.kind, hostname=socket.gethostname(),
+                                  pid=os.getpid(), now=now_secs(), one_shot=self.one_shot,
+                                  address=self.address)
 
     def heartbeat(self) -> None:
         """Refresh our row (re-creating it if it was purged) and purge long-dead rows."""
         now = now_secs()
-        with self.engine.begin() as conn:
-            updated = conn.execute(
-                sa.update(instance_registry_t)
-                .where(instance_registry_t.c.instance_id == self.instance_id)
-                .values(last_heartbeat_unix_tstamp_secs=now)).rowcount
-            conn.execute(sa.delete(instance_registry_t).where(
-                instance_registry_t.c.last_heartbeat_unix_tstamp_secs < now - PURGE_AFTER_SECS))
-        if not updated:
+        if not instances.heartbeat(self.engine, self.instance_id, now, now - PURGE_AFTER_SECS):
             self.instance_id = self._insert()
             log.warning("instance row was missing; registered again", kind=self.kind,
                         instance_id=self.instance_id)
@@ -138,11 +123,8 @@ class Row:
 def list_instances(engine: Engine, interval: int = DEFAULT_INTERVAL, *,
                    include_dead: bool = False) -> list[Row]:
     now = now_secs()
-    t = instance_registry_t
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(t).order_by(t.c.kind, t.c.instance_id)).mappings().all()
     out = []
-    for r in rows:
+    for r in instances.all_instances(engine):
         st = state_of(r["last_heartbeat_unix_tstamp_secs"], interval, now)
         if st == DEAD and not include_dead:
             continue
@@ -154,12 +136,7 @@ def list_instances(engine: Engine, interval: int = DEFAULT_INTERVAL, *,
 
 def cleanup_status(engine: Engine, interval: int = DEFAULT_INTERVAL) -> dict | None:
     """Latest cleanup run: None (never ran) or {state: RUNNING|INTERRUPTED|IDLE, start, end, ...}."""
-    c, i = cleanup_log_t, instance_registry_t
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(c, i.c.last_heartbeat_unix_tstamp_secs)
-            .select_from(c.outerjoin(i, c.c.instance_id == i.c.instance_id))
-            .order_by(c.c.cleanup_id.desc()).limit(1)).mappings().first()
+    row = cleanup_log.latest_run(engine)
     if row is None:
         return None
     hb = row["last_heartbeat_unix_tstamp_secs"]

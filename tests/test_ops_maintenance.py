@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from mosaicolabs import MosaicoClient
 
+from mosaicod.catalog import cleanup_log
 from mosaicod.maintenance import cleanup
 from mosaicod.store import layout
 from mosaicod.store.objstore import ObjectStore
@@ -127,7 +128,7 @@ def test_store_optimizer_crash_anywhere_then_rerun(srv):
     # cleanup with retention 0 purges every unreferenced folder; data unchanged
     r = run_cli(["cleanup", "--retention-duration", "0"], env)
     assert r.returncode == 0, r.stderr[-2000:]
-    referenced = cleanup.referenced_folders(srv.runtime.engine)
+    referenced = cleanup_log.referenced_folders(srv.runtime.engine)
     assert _folders(srv) == referenced
     _assert_same(srv, before)
 
@@ -144,7 +145,8 @@ def test_store_optimizer_crash_anywhere_then_rerun(srv):
 
 def test_optimizer_gives_up_a_topic_deleted_mid_rewrite(srv):
     """The switch re-checks the topic under a row lock: a topic deleted meanwhile is not resurrected."""
-    from mosaicod.maintenance.optimizer import Optimizer, enqueue, take_lease
+    from mosaicod.catalog.optimization import enqueue
+    from mosaicod.maintenance.optimizer import Optimizer, take_lease
 
     opt = Optimizer(srv.runtime.engine, srv.runtime.store, max_chunk_size=2 * MiB)
     enqueue(srv.runtime.engine)
@@ -216,7 +218,7 @@ def test_cleanup_deferred_deletion_and_crash(srv):
 
     r = run_cli(["cleanup", "--retention-duration", "0"], env)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert _folders(srv) == cleanup.referenced_folders(srv.runtime.engine)
+    assert _folders(srv) == cleanup_log.referenced_folders(srv.runtime.engine)
     assert store.exists("README.txt")
     _assert_same(srv, before)
     ps = run_cli(["ps"], env)
@@ -261,5 +263,5 @@ def test_cleanup_and_optimizer_on_s3(make_settings, start_server, s3_settings):
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli(["cleanup", "--retention-duration", "0"], env)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert set(cleanup.top_level_folders(server.runtime.store)) == cleanup.referenced_folders(server.runtime.engine)
+    assert set(cleanup.top_level_folders(server.runtime.store)) == cleanup_log.referenced_folders(server.runtime.engine)
     assert read_topic(server.location, "s3seq/cam").equals(before)

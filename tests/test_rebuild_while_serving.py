@@ -1,5 +1,6 @@
 """rebuild-catalog and the processes using the catalog: a rebuild refuses to run while an instance
-is alive by the registry's rule (`mosaicod ps`: heartbeat younger than 3 x the configured interval)."""
+is alive by the registry's rule (`mosaicod ps`: heartbeat younger than 3 x the configured interval),
+and a server that keeps running through a `--force` rebuild still files statistics correctly."""
 
 from __future__ import annotations
 
@@ -64,3 +65,56 @@ def test_liveness_uses_three_heartbeat_intervals(make_settings):
     finally:
         engine.dispose()
 
+
+def _stats_tags(engine, topic: str) -> list[tuple[str, str]]:
+    """(topic's ontology tag, ontology tag of the column_t row each statistic is filed under)."""
+    from mosaicod.catalog.tables import chunk_t, column_chunk_numeric_t, column_chunk_textual_t, column_t, topic_t
+
+    out = []
+    with engine.connect() as c:
+        for stats in (column_chunk_numeric_t, column_chunk_textual_t):
+            out += c.execute(sa.select(topic_t.c.ontology_tag, column_t.c.ontology_tag)
+                             .select_from(stats.join(column_t, stats.c.column_id == column_t.c.column_id)
+                                          .join(chunk_t, stats.c.chunk_id == chunk_t.c.chunk_id)
+                                          .join(topic_t, chunk_t.c.topic_id == topic_t.c.topic_id))
+                             .where(topic_t.c.locator_name == topic)).all()
+    return out
+
+
+def test_server_files_statistics_correctly_after_a_forced_rebuild(make_settings, start_server):
+    """`rebuild-catalog --force` truncates column_t with RESTART IDENTITY while a server runs: the
+    server must not keep using column ids it learnt before (they now name other columns)."""
+    from mosaicolabs import IMU, Header, Message, QueryOntologyCatalog, String, Time, Vector3d
+
+    from tests.conftest import connect
+
+    settings = make_settings()
+    srv = start_server(settings)
+    client = connect(srv)
+    engine = catalog_db.connect(settings, pool_size=2)
+    try:
+        with client.sequence_create("first", {}) as w:
+            t = w.topic_create("events", {}, String)
+            for i in range(5):
+                t.push(Message(timestamp_ns=i, data=String(data=f"e{i}")))
+        with client.sequence_create("second", {}) as w:
+            t = w.topic_create("imu", {}, IMU)
+            for i in range(5):
+                t.push(Message(timestamp_ns=i, data=IMU(
+                    header=Header(timestamp=Time.from_nanoseconds(i), frame_id="f", sample_counter=i),
+                    acceleration=Vector3d(x=1.0, y=2.0, z=3.0), angular_velocity=Vector3d(x=0, y=0, z=0))))
+        client.sequence_delete("first")
+        # only "second" comes back: the IMU columns now take the ids the String columns had
+        report = run(srv.runtime.store, engine, Options(progress=False, force=True))
+        assert report.counts["sequence_t"] == 1
+        with client.sequence_create("third", {}) as w:
+            t = w.topic_create("events", {}, String)
+            for i in range(5):
+                t.push(Message(timestamp_ns=i, data=String(data=f"e{i}")))
+        tags = _stats_tags(engine, "third/events")
+        assert tags and all(topic_tag == column_tag for topic_tag, column_tag in tags), tags
+        found = client.query(QueryOntologyCatalog(String.Q.data.eq("e3")))
+        assert {it.sequence.name: [t.name for t in it.topics] for it in found} == {"third": ["/events"]}
+    finally:
+        client.close()
+        engine.dispose()

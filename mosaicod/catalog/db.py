@@ -12,8 +12,8 @@ from sqlalchemy.engine import Engine, make_url
 
 from .. import errors
 from ..config import Settings
+from .locks import MIGRATION_LOCK_KEY
 
-MIGRATION_LOCK_KEY = 0x6D6F7361  # advisory lock held while migrating ("mosa")
 EMBEDDED_DB_NAME = "mosaicod"
 
 
@@ -88,8 +88,7 @@ def connect(settings: Settings, *, migrate_schema: bool = True, pool_size: int |
                               connect_args={"connect_timeout": 5, "application_name": "mosaicod"})
     ping_when_idle(engine)
     try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        ping(engine)
     except sa.exc.OperationalError as exc:
         engine.dispose()
         reason = errors.first_line(exc.orig or exc)
@@ -129,6 +128,12 @@ def ping_when_idle(engine: Engine, idle_s: float = PING_AFTER_IDLE_S) -> None:
             raise sa.exc.DisconnectionError("catalog connection lost while idle") from None
 
 
+def ping(engine: Engine) -> None:
+    """Raise unless the database answers a trivial query."""
+    with engine.connect() as conn:
+        conn.execute(sa.select(1))
+
+
 def migrations_dir() -> Path:
     """The top-level migrations/ folder: shipped inside the package as mosaicod.migrations, or
     found next to the package when running from a source checkout."""
@@ -151,7 +156,7 @@ def migrate(engine: Engine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     with engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        conn.execute(sa.select(sa.func.pg_advisory_lock(MIGRATION_LOCK_KEY)))
         conn.commit()
         try:
             cfg.attributes["connection"] = conn
@@ -159,5 +164,5 @@ def migrate(engine: Engine) -> None:
             command.upgrade(cfg, "head")
             conn.commit()
         finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.execute(sa.select(sa.func.pg_advisory_unlock(MIGRATION_LOCK_KEY)))
             conn.commit()

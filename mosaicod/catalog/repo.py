@@ -1,5 +1,8 @@
-"""Catalog operations.  Every state change is one transaction: a crash never leaves a
-half-created resource behind.  Callers get plain row mappings back.
+"""The data catalog: sequences, sessions, topics, chunks with their column statistics, and
+notifications (owner of those tables; docs/storage.md#who-owns-each-table).
+
+Every state change is one transaction: a crash never leaves a half-created resource behind.
+Callers get plain row mappings back.
 
 Round trips: single-statement reads run in autocommit (no BEGIN/ROLLBACK).  The steps of a writing
 session (sequence, session and topic creation, an upload's folder, chunk rows, topic
@@ -16,7 +19,6 @@ else commit synchronously.
 from __future__ import annotations
 
 import contextlib
-import threading
 import uuid as uuidlib
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -48,11 +50,60 @@ def _unique_violation(exc: sa.exc.IntegrityError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "23505"
 
 
+def column_ids(conn: Connection, ontology_tag: str, names: Iterable[str]) -> dict[str, int]:
+    """``column_t`` ids of these columns of a tag, creating the missing rows.
+
+    Never cached across transactions: ``rebuild-catalog`` may truncate ``column_t`` (restarting
+    its ids) while a server runs, and a remembered id would then name another column."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return {}
+    found = _existing_column_ids(conn, ontology_tag, wanted)
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        conn.execute(pg_insert(column_t).values([{"column_name": n, "ontology_tag": ontology_tag}
+                                                 for n in missing]).on_conflict_do_nothing())
+        found.update(_existing_column_ids(conn, ontology_tag, missing))
+    return found
+
+
+def _existing_column_ids(conn: Connection, ontology_tag: str, names: list[str]) -> dict[str, int]:
+    rows = conn.execute(sa.select(column_t.c.column_name, column_t.c.column_id)
+                        .where(column_t.c.ontology_tag == ontology_tag, column_t.c.column_name.in_(names)))
+    return {name: cid for name, cid in rows}
+
+
+def insert_chunk_rows(conn: Connection, *, topic_id: int, ontology_tag: str, data_file: str,
+                      size_bytes: int, stats: ChunkStats) -> int:
+    """One ``chunk_t`` row and its statistics rows, in the caller's transaction."""
+    chunk_id = conn.execute(chunk_t.insert().values(
+        chunk_uuid=uuidlib.uuid4(), topic_id=topic_id, data_file=data_file, size_bytes=size_bytes,
+        row_count=stats.row_count, arrow_size_bytes=stats.arrow_size_bytes,
+        start_timestamp_ns=stats.ts_min, end_timestamp_ns=stats.ts_max, timestamp_order=stats.ts_order,
+    ).returning(chunk_t.c.chunk_id)).scalar_one()
+    ids = column_ids(conn, ontology_tag, [name for name, _ in stats.items()])
+    numeric, textual = [], []
+    for name, cs in stats.items():
+        row = {"column_id": ids[name], "chunk_id": chunk_id, **cs.row()}
+        (numeric if cs.kind == "numeric" else textual).append(row)
+    if numeric:
+        conn.execute(column_chunk_numeric_t.insert(), numeric)
+    if textual:
+        conn.execute(column_chunk_textual_t.insert(), textual)
+    return chunk_id
+
+
+def count_open_sessions(engine: Engine, timeout_ms: int = 2000) -> int:
+    """Sessions created and not finalized, in the whole catalog (bounded by ``timeout_ms``)."""
+    with engine.begin() as conn:
+        conn.execute(sa.select(sa.func.set_config("statement_timeout", str(int(timeout_ms)), True)))
+        return conn.execute(sa.select(sa.func.count()).select_from(session_t)
+                            .where(session_t.c.completion_unix_tstamp.is_(None))).scalar_one()
+
+
 class Catalog:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._column_ids: dict[tuple[str, str], int] = {}
-        self._column_lock = threading.Lock()
 
     def _read(self) -> Connection:
         """A connection for one read statement: autocommit, so no BEGIN/ROLLBACK round trips."""
@@ -353,49 +404,12 @@ class Catalog:
             return row.path_in_store
 
     # -- chunks and statistics ----------------------------------------------------------------
-    def column_ids(self, conn: Connection, ontology_tag: str, names: Iterable[str]) -> dict[str, int]:
-        """Get-or-create column_t rows (cached per catalog instance)."""
-        out: dict[str, int] = {}
-        missing = []
-        with self._column_lock:
-            for n in names:
-                cid = self._column_ids.get((ontology_tag, n))
-                if cid is None:
-                    missing.append(n)
-                else:
-                    out[n] = cid
-        if missing:
-            stmt = pg_insert(column_t).values([{"column_name": n, "ontology_tag": ontology_tag} for n in missing])
-            stmt = stmt.on_conflict_do_update(index_elements=[column_t.c.column_name, column_t.c.ontology_tag],
-                                              set_={"column_name": stmt.excluded.column_name})
-            rows = conn.execute(stmt.returning(column_t.c.column_id, column_t.c.column_name)).all()
-            with self._column_lock:
-                for cid, n in rows:
-                    self._column_ids[(ontology_tag, n)] = cid
-                    out[n] = cid
-        return out
-
     def insert_chunk(self, *, topic_id: int, ontology_tag: str, data_file: str, size_bytes: int,
-                     stats: ChunkStats, conn: Connection | None = None) -> int:
-        if conn is None:
-            with self._session_step() as c:
-                return self.insert_chunk(topic_id=topic_id, ontology_tag=ontology_tag, data_file=data_file,
-                                         size_bytes=size_bytes, stats=stats, conn=c)
-        chunk_id = conn.execute(chunk_t.insert().values(
-            chunk_uuid=uuidlib.uuid4(), topic_id=topic_id, data_file=data_file, size_bytes=size_bytes,
-            row_count=stats.row_count, arrow_size_bytes=stats.arrow_size_bytes,
-            start_timestamp_ns=stats.ts_min, end_timestamp_ns=stats.ts_max, timestamp_order=stats.ts_order,
-        ).returning(chunk_t.c.chunk_id)).scalar_one()
-        ids = self.column_ids(conn, ontology_tag, [name for name, _ in stats.items()])
-        numeric, textual = [], []
-        for name, cs in stats.items():
-            row = {"column_id": ids[name], "chunk_id": chunk_id, **cs.row()}
-            (numeric if cs.kind == "numeric" else textual).append(row)
-        if numeric:
-            conn.execute(column_chunk_numeric_t.insert(), numeric)
-        if textual:
-            conn.execute(column_chunk_textual_t.insert(), textual)
-        return chunk_id
+                     stats: ChunkStats) -> int:
+        """Index one closed chunk of an upload (its own session step)."""
+        with self._session_step() as conn:
+            return insert_chunk_rows(conn, topic_id=topic_id, ontology_tag=ontology_tag,
+                                     data_file=data_file, size_bytes=size_bytes, stats=stats)
 
     def chunks_of(self, topic_id: int, start: int | None = None, end: int | None = None) -> list[RowMapping]:
         q = sa.select(chunk_t).where(chunk_t.c.topic_id == topic_id, *chunk_overlaps(start, end))

@@ -1,8 +1,8 @@
-"""Store garbage collector (STORAGE_AND_QUERY.md §7.2): deferred deletion with TO_DELETE markers.
+"""Store garbage collector (docs/operations.md#cleanup): deferred deletion with TO_DELETE markers.
 
 One run:
-1. In ONE transaction take ``pg_advisory_xact_lock(777777)`` and insert a ``cleanup_log_t`` row,
-   only if no run started within the last ``time_interval`` seconds (else: skipped).
+1. In ONE transaction take the cleanup advisory lock and insert a ``cleanup_log_t`` row, only if
+   no run started within the last ``time_interval`` seconds (else: skipped).
 2. List the top-level folders of the store, THEN read the folders the catalog references
    (``sequence_t.path_in_store``, ``topic_t.path_in_store``, ``topic_optimization_t.
    opt_path_in_store``).  Order matters: every writer records a folder in the catalog before it
@@ -25,18 +25,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .. import errors, logs, metrics
-from ..catalog.tables import cleanup_log_t
+from ..catalog import cleanup_log
 from ..store import layout
 from ..store.objstore import ObjectStore
 from .faults import crash_point
 
 log = logs.get(__name__)
 
-ADVISORY_LOCK_KEY = 777777
 DELETE_CONCURRENCY = 8
 
 
@@ -50,25 +48,6 @@ class CleanupReport:
     kept: int = 0  # folders referenced, or marked but still within retention
 
 
-def _begin(engine: Engine, now: int, time_interval: int, instance_id: int | None) -> int | None:
-    with engine.begin() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
-        return conn.execute(sa.text(
-            "INSERT INTO cleanup_log_t (start_unix_tstamp_secs, marked_folders, deleted_folders, "
-            "failed_folders, instance_id) "
-            "SELECT :now, '[]'::jsonb, '[]'::jsonb, '[]'::jsonb, :iid "
-            "WHERE NOT EXISTS (SELECT 1 FROM cleanup_log_t WHERE start_unix_tstamp_secs > :since) "
-            "RETURNING cleanup_id"),
-            {"now": now, "iid": instance_id, "since": now - time_interval}).scalar()
-
-
-def _finish(engine: Engine, report: CleanupReport) -> None:
-    with engine.begin() as conn:
-        conn.execute(sa.update(cleanup_log_t).where(cleanup_log_t.c.cleanup_id == report.cleanup_id)
-                     .values(end_unix_tstamp_secs=int(time.time()), marked_folders=report.marked,
-                             deleted_folders=report.deleted, failed_folders=report.failed))
-
-
 def top_level_folders(store: ObjectStore) -> list[str]:
     """Names of the folders at the store root (bare objects at the root are ignored)."""
     try:
@@ -77,16 +56,6 @@ def top_level_folders(store: ObjectStore) -> list[str]:
         return []
     return sorted(e["name"].rstrip("/").rpartition("/")[2] for e in entries
                   if e.get("type") == "directory")
-
-
-def referenced_folders(engine: Engine) -> set[str]:
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT path_in_store FROM sequence_t "
-            "UNION SELECT path_in_store FROM topic_t WHERE path_in_store IS NOT NULL "
-            "UNION SELECT opt_path_in_store FROM topic_optimization_t "
-            "WHERE opt_path_in_store IS NOT NULL")).scalars().all()
-    return set(rows)
 
 
 def _mtime(info: dict) -> float:
@@ -125,7 +94,7 @@ def delete_folder(store: ObjectStore, folder: str, pool: ThreadPoolExecutor) -> 
 def run_once(engine: Engine, store: ObjectStore, *, time_interval: int = 0,
              retention: int = 86400, instance_id: int | None = None) -> CleanupReport:
     now = int(time.time())
-    cleanup_id = _begin(engine, now, time_interval, instance_id)
+    cleanup_id = cleanup_log.begin_run(engine, now, time_interval, instance_id)
     if cleanup_id is None:
         log.info("cleanup skipped: another instance ran within the interval",
                  time_interval=time_interval)
@@ -135,7 +104,7 @@ def run_once(engine: Engine, store: ObjectStore, *, time_interval: int = 0,
     log.info("cleanup started", cleanup_id=cleanup_id, retention_s=retention)
     try:
         folders = top_level_folders(store)
-        refs = referenced_folders(engine)
+        refs = cleanup_log.referenced_folders(engine)
         with ThreadPoolExecutor(DELETE_CONCURRENCY, thread_name_prefix="cleanup-delete") as pool:
             for folder in folders:
                 try:
@@ -144,7 +113,8 @@ def run_once(engine: Engine, store: ObjectStore, *, time_interval: int = 0,
                     msg = errors.first_line(exc)
                     report.failed.append([folder, msg])
                     log.warning("cleanup failed on folder", folder=folder, error=msg)
-        _finish(engine, report)
+        cleanup_log.finish_run(engine, cleanup_id, end=int(time.time()), marked=report.marked,
+                               deleted=report.deleted, failed=report.failed)
     except Exception:
         metrics.CLEANUP_RUNS.labels("failed").inc()
         raise

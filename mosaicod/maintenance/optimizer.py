@@ -1,9 +1,9 @@
-"""Store optimizer (STORAGE_AND_QUERY.md §7.3): compact topics made of many small chunks.
+"""Store optimizer (docs/operations.md#store-optimizer): compact topics made of many small chunks.
 
 One pass:
 1. Enqueue every finalized, not yet optimized topic in ``topic_optimization_t``.
 2. Take a lease on one queued topic: ``FOR UPDATE SKIP LOCKED`` picks a row, a session-level
-   advisory lock ``(LEASE_LOCK_CLASS, topic_id)`` held on a dedicated connection for the whole
+   advisory lock ``(OPTIMIZER_LEASE_CLASS, topic_id)`` held on a dedicated connection for the whole
    rewrite proves the lease holder is alive, and ``start_unix_tstamp`` / ``opt_path_in_store =
    tp_<new ULID>`` are committed before the first write into the new folder (so cleanup never
    touches a rewrite in progress).  A lease whose holder died (its advisory lock is free) is taken
@@ -30,12 +30,12 @@ import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from .. import errors, logs, metrics
+from ..catalog import optimization
+from ..catalog.optimization import Lease
 from ..catalog.repo import Catalog
-from ..catalog.tables import chunk_t, topic_optimization_t, topic_t
 from ..store import layout
 from ..store.chunks import ChunkInfo, ChunkWriter, commit_doc_for, read_topic
 from ..store.stats import Order
@@ -44,12 +44,7 @@ from .faults import crash_point
 
 log = logs.get(__name__)
 
-LEASE_LOCK_CLASS = 0x6F707469  # "opti": pg_try_advisory_lock(class, topic_id)
 SCAN_FRACTION = 0.10  # one scan batch ~ 10 % of a target file (upstream)
-
-
-class LeaseLost(Exception):
-    """The topic changed under us (deleted, or switched by someone else): nothing committed."""
 
 
 @dataclass
@@ -63,69 +58,9 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def enqueue(engine: Engine) -> int:
-    with engine.begin() as conn:
-        return conn.execute(sa.text(
-            "INSERT INTO topic_optimization_t (topic_id) SELECT topic_id FROM topic_t "
-            "WHERE completion_unix_tstamp IS NOT NULL AND optimization_end_unix_tstamp IS NULL "
-            "AND path_in_store IS NOT NULL ON CONFLICT DO NOTHING")).rowcount
-
-
-class Lease:
-    """A leased queue row; ``conn`` holds the advisory lock until ``release()``."""
-
-    def __init__(self, conn: Connection, topic_id: int, folder: str, previous: str | None):
-        self.conn = conn
-        self.topic_id = topic_id
-        self.folder = folder
-        self.previous = previous  # a dead holder's half-written folder, if any
-
-    def release(self) -> None:
-        try:
-            self.conn.execute(sa.text("SELECT pg_advisory_unlock(:c, :t)"),
-                              {"c": LEASE_LOCK_CLASS, "t": self.topic_id})
-            self.conn.commit()
-        except Exception:
-            self.conn.invalidate()  # a broken connection drops its session locks anyway
-        finally:
-            self.conn.close()
-
-
 def take_lease(engine: Engine) -> Lease | None:
-    conn = engine.connect()
-    try:
-        tried: list[int] = []
-        while True:
-            with conn.begin():
-                q = (sa.select(topic_optimization_t.c.topic_id, topic_optimization_t.c.opt_path_in_store)
-                     .order_by(topic_optimization_t.c.topic_id).limit(1)
-                     .with_for_update(skip_locked=True))
-                if tried:
-                    q = q.where(topic_optimization_t.c.topic_id.not_in(tried))
-                row = conn.execute(q).first()
-                if row is None:
-                    break
-                got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, :t)"),
-                                   {"c": LEASE_LOCK_CLASS, "t": row.topic_id}).scalar_one()
-                if not got:  # a live holder is rewriting it
-                    tried.append(row.topic_id)
-                    continue
-                folder = layout.new_topic_folder()
-                conn.execute(topic_optimization_t.update()
-                             .where(topic_optimization_t.c.topic_id == row.topic_id)
-                             .values(start_unix_tstamp=now_ns(), opt_path_in_store=folder))
-            return Lease(conn, row.topic_id, folder, row.opt_path_in_store)
-        conn.close()
-        return None
-    except Exception:
-        conn.invalidate()
-        conn.close()
-        raise
-
-
-def _drop_queue_row(engine: Engine, topic_id: int) -> None:
-    with engine.begin() as conn:
-        conn.execute(topic_optimization_t.delete().where(topic_optimization_t.c.topic_id == topic_id))
+    """Lease a queued topic, its rewrite going to a fresh ``tp_<ULID>`` folder."""
+    return optimization.take_lease(engine, layout.new_topic_folder)
 
 
 def _already_optimal(chunks, max_chunk_size: int) -> bool:
@@ -148,7 +83,7 @@ class Optimizer:
 
     def run_pass(self, stop: threading.Event | None = None) -> OptimizerReport:
         report = OptimizerReport()
-        queued = enqueue(self.engine)
+        queued = optimization.enqueue(self.engine)
         log.info("store optimizer pass started", newly_queued=queued,
                  max_chunk_size=self.max_chunk_size)
         while not (stop is not None and stop.is_set()):
@@ -171,10 +106,9 @@ class Optimizer:
     def _handle(self, lease: Lease, report: OptimizerReport) -> None:
         if lease.previous:
             self._mark(lease.previous)  # left behind by a holder that died mid-rewrite
-        with self.engine.connect() as conn:
-            topic = conn.execute(sa.select(topic_t).where(topic_t.c.topic_id == lease.topic_id)).mappings().first()
+        topic = optimization.topic_row(self.engine, lease.topic_id)
         if topic is None or topic["path_in_store"] is None:
-            _drop_queue_row(self.engine, lease.topic_id)
+            optimization.drop(self.engine, lease.topic_id)
             return
         locator = topic["locator_name"]
         started = time.perf_counter()
@@ -199,16 +133,12 @@ class Optimizer:
             log.warning("topic optimization failed; old data kept", topic=locator, error=msg)
             self._mark(lease.folder)
             try:
-                _drop_queue_row(self.engine, lease.topic_id)  # retried next pass
+                optimization.drop(self.engine, lease.topic_id)  # retried next pass
             except Exception:
                 pass
 
     def _flag_only(self, lease: Lease, topic) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(topic_t.update().where(topic_t.c.topic_id == lease.topic_id)
-                         .values(optimization_end_unix_tstamp=now_ns()))
-            conn.execute(topic_optimization_t.delete()
-                         .where(topic_optimization_t.c.topic_id == lease.topic_id))
+        optimization.flag_optimized(self.engine, lease.topic_id, now_ns())
 
     def _schema(self, topic) -> tuple[pa.Schema, bytes]:
         raw = topic["arrow_schema"]
@@ -249,25 +179,8 @@ class Optimizer:
         new_rows = sum(c.row_count for c in new_chunks)
         if new_rows != old_rows:
             raise RuntimeError(f"rewrite produced {new_rows} rows, the topic has {old_rows}; not switched")
-        with self.engine.begin() as conn:
-            cur = conn.execute(sa.select(topic_t.c.path_in_store).where(topic_t.c.topic_id == lease.topic_id)
-                               .with_for_update()).first()
-            if cur is None or cur.path_in_store != topic["path_in_store"]:
-                raise LeaseLost("the topic was deleted or changed during the rewrite")
-            q = conn.execute(sa.select(topic_optimization_t.c.opt_path_in_store)
-                             .where(topic_optimization_t.c.topic_id == lease.topic_id)
-                             .with_for_update()).first()
-            if q is None or q.opt_path_in_store != lease.folder:
-                raise LeaseLost("the optimization lease was taken over")
-            conn.execute(chunk_t.delete().where(chunk_t.c.topic_id == lease.topic_id))
-            for c in new_chunks:
-                self.catalog.insert_chunk(topic_id=lease.topic_id, ontology_tag=topic["ontology_tag"],
-                                          data_file=c.data_file, size_bytes=c.size_bytes, stats=c.stats,
-                                          conn=conn)
-            conn.execute(topic_t.update().where(topic_t.c.topic_id == lease.topic_id)
-                         .values(path_in_store=lease.folder, optimization_end_unix_tstamp=now_ns()))
-            conn.execute(topic_optimization_t.delete()
-                         .where(topic_optimization_t.c.topic_id == lease.topic_id))
+        optimization.switch(self.engine, lease, old_folder=topic["path_in_store"],
+                            ontology_tag=topic["ontology_tag"], chunks=new_chunks, now_ns=now_ns())
 
     def _mark(self, folder: str | None) -> None:
         if folder:

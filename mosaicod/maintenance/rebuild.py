@@ -1,5 +1,5 @@
 """`rebuild-catalog`: restore the derived catalog tables from the object store alone
-(STORAGE_AND_QUERY.md §9).
+(docs/operations.md#rebuilding-the-catalog).
 
     scan (listings + JSON) -> plan (rows by locator, heuristics) -> decode every Parquet file in
     parallel, streaming -> per sequence: diff (dry-run), insert all (replace) or insert the
@@ -21,16 +21,18 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import errors, logs, registry
-from ..catalog.tables import DERIVED_TABLES, instance_registry_t, sequence_t
+from ..catalog import instances
+from ..catalog import rebuild as rows_db
+from ..catalog.locks import REBUILD_LOCK_KEY
+from ..catalog.rebuild import TABLE_ORDER, Rows
 from ..store.objstore import ObjectStore
 from . import decode as decoding
-from .load import TABLE_ORDER, Loader, Rows, current_rows, desired_rows, diff, restore_notifications, save_notifications
-from .plan import build_plan
+from .load import desired_rows, diff
+from .plan import build_plan, stable_uuid
 from .scan import Problem, scan
 
 log = logs.get(__name__)
 
-REBUILD_LOCK_KEY = 0x6D6F7362  # pg advisory lock key of rebuild-catalog ("mosb")
 WATCHED_KINDS = ("server", "cleanup", "store-optimizer")
 NOT_RESTORED = ("API keys, notifications, the cleanup log and the instance registry live only in the "
                 "database: they are never touched (in replace mode notifications are kept and re-attached "
@@ -123,10 +125,7 @@ def alive_instances(conn: sa.Connection, now: int | None = None,
                     interval: int = registry.DEFAULT_INTERVAL) -> list[dict]:
     """Watched instances that `mosaicod ps` shows *alive* (``registry.state_of`` with ``interval``)."""
     now = registry.now_secs() if now is None else now
-    r = instance_registry_t
-    q = sa.select(r.c.kind, r.c.hostname, r.c.pid, r.c.last_heartbeat_unix_tstamp_secs).where(
-        r.c.kind.in_(WATCHED_KINDS))
-    return [dict(x) for x in conn.execute(q).mappings()
+    return [dict(x) for x in instances.of_kinds(conn, WATCHED_KINDS)
             if registry.state_of(x["last_heartbeat_unix_tstamp_secs"], interval, now) == registry.ALIVE]
 
 
@@ -145,23 +144,17 @@ def _peak_rss_mb() -> float:
 def run(store: ObjectStore, engine: sa.Engine, opts: Options) -> Report:
     start = time.monotonic()
     report = Report(mode="dry-run" if opts.dry_run else opts.mode, store=store.url)
-    with engine.connect() as lock_conn:
-        got = lock_conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": REBUILD_LOCK_KEY}).scalar()
-        lock_conn.commit()
-        if not got:
+    with rows_db.exclusive(engine) as lock_conn:
+        if lock_conn is None:
             raise RebuildRefused("another rebuild-catalog is running on this catalog (advisory lock held)")
-        try:
-            if not opts.dry_run and not opts.force:
-                alive = alive_instances(lock_conn, interval=opts.heartbeat_interval)
-                lock_conn.commit()
-                if alive:
-                    who = ", ".join(f"{a['kind']} pid {a['pid']} on {a['hostname']}" for a in alive)
-                    raise RebuildRefused(f"a mosaicod process uses this catalog ({who}); stop it first "
-                                         "or pass --force")
-            _run_locked(store, engine, opts, report)
-        finally:
-            lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": REBUILD_LOCK_KEY})
+        if not opts.dry_run and not opts.force:
+            alive = alive_instances(lock_conn, interval=opts.heartbeat_interval)
             lock_conn.commit()
+            if alive:
+                who = ", ".join(f"{a['kind']} pid {a['pid']} on {a['hostname']}" for a in alive)
+                raise RebuildRefused(f"a mosaicod process uses this catalog ({who}); stop it first "
+                                     "or pass --force")
+        _run_locked(store, engine, opts, report)
     report.elapsed_s = round(time.monotonic() - start, 3)
     report.peak_rss_mb = round(_peak_rss_mb(), 1)
     return report
@@ -188,10 +181,8 @@ def _run_locked(store: ObjectStore, engine: sa.Engine, opts: Options, report: Re
     saved_notifications: list = []
     if not opts.dry_run and opts.mode == "replace":
         with engine.begin() as conn:
-            saved_notifications = save_notifications(conn)
-            names = ", ".join(t.name for t in DERIVED_TABLES)
-            conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    loader = Loader()
+            saved_notifications = rows_db.save_notifications(conn)
+            rows_db.truncate_data_tables(conn)
     totals = dict.fromkeys(TABLE_ORDER, 0)
     bar = _progress(report.parquet_bytes, len(files), opts.progress)
     executor, fn = decoding.make_executor(store, opts.executor, opts.jobs)
@@ -212,44 +203,42 @@ def _run_locked(store: ObjectStore, engine: sa.Engine, opts: Options, report: Re
                     what = "unreadable Parquet" if r.error_kind == "corrupt-file" else "rows refused"
                     problems.append(Problem(r.error_kind, r.key, f"{what}, no chunk row: {r.error}"))
             want = desired_rows(plan.sequences[seq], plan.sessions_of(seq), topics, got, problems)
-            _apply(engine, loader, opts, want, seq, report, totals)
+            _apply(engine, opts, want, seq, report, totals)
     finally:
         bar.close()
         executor.shutdown(wait=True, cancel_futures=True)
     if opts.dry_run or opts.mode == "merge":
         with engine.connect() as conn:
-            extra = conn.execute(sa.select(sequence_t.c.locator_name).where(
-                sequence_t.c.locator_name.not_in(order) if order else sa.true())).scalars().all()
+            extra = rows_db.other_sequences(conn, order)
         for loc in sorted(extra):
             entry = {"table": "sequence_t", "key": loc, "change": "only_in_catalog"}
             (report.differences if opts.dry_run else report.conflicts).append(entry)
     if saved_notifications:
         with engine.begin() as conn:
-            report.notifications_dropped = restore_notifications(conn, saved_notifications)
+            report.notifications_dropped = rows_db.restore_notifications(conn, saved_notifications)
     report.problems = [p.as_dict() for p in problems]
     if opts.dry_run:
         report.counts = totals
     else:
         with engine.connect() as conn:
-            report.counts = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLE_ORDER}
-            report.counts["column_t"] = conn.execute(sa.text("SELECT count(*) FROM column_t")).scalar_one()
+            report.counts = rows_db.table_counts(conn)
     log.info("rebuild-catalog done", mode=report.mode, files=report.files, problems=len(problems))
 
 
-def _apply(engine: sa.Engine, loader: Loader, opts: Options, want: Rows, seq: str, report: Report,
+def _chunk_uuid(data_file: str) -> str:
+    return stable_uuid("chunk", data_file)
+
+
+def _apply(engine: sa.Engine, opts: Options, want: Rows, seq: str, report: Report,
            totals: dict[str, int]) -> None:
     for t in TABLE_ORDER:
         totals[t] += len(want.tables[t])
     if not opts.dry_run and opts.mode == "replace":
-        try:
-            with engine.begin() as conn:
-                loader.insert(conn, want)
-        except Exception:
-            loader.reset_cache()
-            raise
+        with engine.begin() as conn:
+            rows_db.insert_rows(conn, want, chunk_uuid=_chunk_uuid)
         return
     with engine.connect() as conn:
-        have = current_rows(conn, [seq])
+        have = rows_db.current_rows(conn, [seq])
     changes = diff(want, have)
     if opts.dry_run:
         report.differences.extend(changes)
@@ -259,11 +248,10 @@ def _apply(engine: sa.Engine, loader: Loader, opts: Options, want: Rows, seq: st
     if missing:
         try:
             with engine.begin() as conn:
-                loader.insert(conn, want, only=missing)
+                rows_db.insert_rows(conn, want, chunk_uuid=_chunk_uuid, only=missing)
             report.differences.extend({**c, "change": "inserted"} for c in changes
                                       if c["change"] == "missing_in_catalog")
         except sa.exc.IntegrityError as exc:
-            loader.reset_cache()
             report.conflicts.append({"table": "sequence_t", "key": seq, "change": "insert-failed",
                                      "error": errors.first_line(exc.orig or exc)})
 
