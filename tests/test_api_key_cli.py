@@ -14,8 +14,9 @@ from datetime import datetime, timezone
 import pytest
 import sqlalchemy as sa
 
-from mosaicod import auth, cli, logs
+from mosaicod import apikey, auth, cli, errors, logs
 from mosaicod.catalog import db as catalog_db
+from mosaicod.catalog import keys
 from mosaicod.catalog.tables import api_key_t, metadata
 from mosaicod.config import load_settings
 from mosaicod.permissions import Permission
@@ -38,7 +39,7 @@ def catalog(module_db, monkeypatch):
     """The CLI resolves settings from the environment like `serve`: point it at the test db
     (one per module, emptied of keys before each test)."""
     url, engine = module_db
-    auth.purge_keys(engine, all_keys=True)
+    keys.purge_keys(engine, all_keys=True)
     monkeypatch.setenv("MOSAICOD_DB_URL", url)
     monkeypatch.setenv("MOSAICOD_LOG_LEVEL", "warning")
     yield engine
@@ -61,14 +62,14 @@ def create(capsys, *argv) -> tuple[str, str]:
 def test_create_prints_key_last_and_stores_only_a_hash(catalog, capsys):
     key, out = create(capsys, "--permissions", "read|write", "-d", "robot 7")
     assert out.count("cannot be shown again") == 1
-    payload, fp = auth.parse_key(key)
+    payload, fp = apikey.parse_key(key)
     with catalog.connect() as conn:
         row = conn.execute(sa.select(api_key_t)).one()
     assert row.fingerprint == fp
     assert row.permissions == int(Permission.READ | Permission.WRITE)
     assert row.description == "robot 7"
     assert row.expiration_unix_timestamp is None and row.revocation_unix_timestamp is None
-    assert bytes(row.payload_hash) == auth.hash_payload(fp, payload)
+    assert bytes(row.payload_hash) == apikey.hash_payload(fp, payload)
     assert payload.encode() not in bytes(row.payload_hash)
     assert auth.verify_key(catalog, key).permissions == Permission.READ | Permission.WRITE
 
@@ -97,8 +98,8 @@ def test_list_status_revoke_purge(catalog, capsys):
     k1, _ = create(capsys, "--permissions", "read", "-d", "first")
     k2, _ = create(capsys, "--permissions", "write", "--expires-in", "PT1S")
     k3, _ = create(capsys, "--permissions", "delete")
-    fp1, fp2, fp3 = (auth.parse_key(k)[1] for k in (k1, k2, k3))
-    while time.time() < auth.key_status(catalog, fp2).expires_at:
+    fp1, fp2, fp3 = (apikey.parse_key(k)[1] for k in (k1, k2, k3))
+    while time.time() < keys.key_status(catalog, fp2).expires_at:
         time.sleep(0.05)
 
     code, out, _ = run_cli(capsys, "list")
@@ -106,7 +107,7 @@ def test_list_status_revoke_purge(catalog, capsys):
     for k, fp, state in ((k1, fp1, "active"), (k2, fp2, "expired"), (k3, fp3, "active")):
         line = next(li for li in out.splitlines() if li.startswith(fp))
         assert state in line
-        assert auth.parse_key(k)[0] not in out  # never a secret
+        assert apikey.parse_key(k)[0] not in out  # never a secret
     assert "first" in out
 
     code, out, _ = run_cli(capsys, "status", fp1)
@@ -118,15 +119,15 @@ def test_list_status_revoke_purge(catalog, capsys):
     assert code == 0 and fp1 in out
     code, out, _ = run_cli(capsys, "status", fp1)
     assert code == 3 and "state:       revoked" in out and "revoked:" in out
-    with pytest.raises(auth.MosaicoError, match="revoked"):
+    with pytest.raises(errors.MosaicoError, match="revoked"):
         auth.verify_key(catalog, k1)
 
     code, out, _ = run_cli(capsys, "purge")  # expired and revoked only
     assert code == 0 and fp1 in out and fp2 in out and fp3 not in out
-    assert [k.fingerprint for k in auth.list_keys(catalog)] == [fp3]
+    assert [k.fingerprint for k in keys.list_keys(catalog)] == [fp3]
     code, out, _ = run_cli(capsys, "purge", "--all")
     assert code == 0 and fp3 in out
-    assert auth.list_keys(catalog) == []
+    assert keys.list_keys(catalog) == []
     code, out, _ = run_cli(capsys, "list")
     assert code == 0 and "No API keys" in out
 
@@ -147,7 +148,7 @@ def test_bad_input_is_a_clear_error(catalog, capsys, argv, message):
     assert code == 1
     assert message in err
     assert out == ""
-    assert auth.list_keys(catalog) == []
+    assert keys.list_keys(catalog) == []
 
 
 def test_expiry_flags_are_exclusive_and_permissions_required(capsys):
@@ -172,11 +173,11 @@ def test_help_explains(sub, capsys):
 
 
 def test_wrong_secret_for_a_known_fingerprint_is_refused_like_an_unknown_key(catalog):
-    key, info = auth.create_key(catalog, Permission.READ)
-    payload, fp = auth.parse_key(key)
+    key, info = keys.create_key(catalog, Permission.READ)
+    payload, fp = apikey.parse_key(key)
     with catalog.begin() as conn:  # the stored secret differs from the presented one
-        conn.execute(api_key_t.update().values(payload_hash=auth.hash_payload(fp, "x" * 32)))
-    with pytest.raises(auth.MosaicoError, match="API key does not exist"):
+        conn.execute(api_key_t.update().values(payload_hash=apikey.hash_payload(fp, "x" * 32)))
+    with pytest.raises(errors.MosaicoError, match="API key does not exist"):
         auth.verify_key(catalog, key)
 
 
@@ -193,8 +194,8 @@ def test_no_plaintext_key_in_database_or_logs(catalog, module_db, capfd, start_s
     assert code == 0
     created_out = capfd.readouterr().out
     key = created_out.rstrip("\n").splitlines()[-1]
-    payload, fp = auth.parse_key(key)
-    other, _ = auth.create_key(catalog, Permission.READ)
+    payload, fp = apikey.parse_key(key)
+    other, _ = keys.create_key(catalog, Permission.READ)
 
     srv = start_server(make_settings(db=module_db[0], api_key_enabled=True, log_level="debug"))
     logs.configure("debug", "json")
@@ -217,7 +218,7 @@ def test_no_plaintext_key_in_database_or_logs(catalog, module_db, capfd, start_s
     captured = capfd.readouterr()
     logged = captured.out + captured.err
     assert "call refused" in logged and fp in logged  # the logs did record the refusals
-    for secret in (payload, auth.parse_key(other)[0], payload[:16], payload[16:]):
+    for secret in (payload, apikey.parse_key(other)[0], payload[:16], payload[16:]):
         assert secret not in logged
     assert created_out.count(key) == 1  # shown once, by create, as its last line
 
@@ -230,7 +231,7 @@ def test_no_plaintext_key_in_database_or_logs(catalog, module_db, capfd, start_s
                                   else str(value))
     text = "\n".join(dumped)
     assert fp in text  # sanity: the dump does contain the key's row
-    for secret in (payload, auth.parse_key(other)[0], payload.encode().hex()):
+    for secret in (payload, apikey.parse_key(other)[0], payload.encode().hex()):
         assert secret not in text
 
 
@@ -276,7 +277,7 @@ def test_cli_reaches_the_same_catalog_as_serve_via_data_dir(tmp_path):
         _wait_for_port(server, port)
         with MosaicoClient.connect("127.0.0.1", port, timeout=5, api_key=key) as client:
             assert client.list_sequences() == []
-            subprocess.run([*base, "api-key", "revoke", auth.parse_key(key)[1], "--data-dir",
+            subprocess.run([*base, "api-key", "revoke", apikey.parse_key(key)[1], "--data-dir",
                             str(data)], env=env, capture_output=True, timeout=120, check=True)
             import pyarrow.flight as flight
 

@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 from mosaicolabs import MosaicoClient, Message, QuerySequence, SessionLevelErrorPolicy, Temperature
 
-from mosaicod import auth
+from mosaicod import apikey, auth
+from mosaicod.catalog import keys
 from mosaicod.catalog.tables import chunk_t, session_t, sequence_t
 from mosaicod.config import load_settings
 from mosaicod.permissions import Permission
@@ -37,7 +38,7 @@ def srv(pg_admin_url, tmp_path_factory):
 
 
 def mint(srv, perms, expires_at=None) -> str:
-    key, _ = auth.create_key(srv.runtime.engine, perms, "test", expires_at)
+    key, _ = keys.create_key(srv.runtime.engine, perms, "test", expires_at)
     return key
 
 
@@ -99,7 +100,7 @@ def test_connect_without_usable_key_fails(srv, key):
 
 
 def test_connect_with_unknown_key_fails(srv):
-    unknown, _, _ = auth.generate_key()  # well-formed, never stored
+    unknown, _, _ = apikey.generate_key()  # well-formed, never stored
     with pytest.raises(ConnectionError, match="failed on startup"):
         sdk(srv, unknown, timeout=1)
 
@@ -126,11 +127,11 @@ def _raw_put(c, o):
 @pytest.fixture(scope="module")
 def unusable_keys(srv) -> dict:
     revoked = mint(srv, R | W | D)
-    auth.revoke_key(srv.runtime.engine, auth.parse_key(revoked)[1])
+    keys.revoke_key(srv.runtime.engine, apikey.parse_key(revoked)[1])
     expired = mint(srv, R | W | D, expires_at=datetime.now(timezone.utc) + timedelta(seconds=1))
     _wait_until_expired(srv, expired)
     return {"missing": None, "malformed": "msco_wrongauthapikey123_abc12345",
-            "unknown": auth.generate_key()[0], "revoked": revoked, "expired": expired}
+            "unknown": apikey.generate_key()[0], "revoked": revoked, "expired": expired}
 
 
 @pytest.mark.parametrize("rpc", sorted(RAW_CALLS))
@@ -151,7 +152,7 @@ def test_every_rpc_refuses_unusable_keys_before_any_work(srv, unusable_keys, rpc
 
 
 def _wait_until_expired(srv, key):
-    info = auth.key_status(srv.runtime.engine, auth.parse_key(key)[1])
+    info = keys.key_status(srv.runtime.engine, apikey.parse_key(key)[1])
     while time.time() < info.expires_at:
         time.sleep(0.05)
 
@@ -222,7 +223,7 @@ def _raw_action(client, opts, name: str, body: dict):
 COMBOS = [R, W, D, R | W, R | D, W | D, R | W | D]
 
 
-@pytest.mark.parametrize("perms", COMBOS, ids=auth.format_permissions)
+@pytest.mark.parametrize("perms", COMBOS, ids=apikey.format_permissions)
 def test_each_permission_combination_allows_exactly_its_operations(srv, admin, existing, perms):
     victim = write_sequence(admin)  # something this key may (or may not) delete
     client = sdk(srv, mint(srv, perms))  # connecting needs no permission (info)
@@ -267,7 +268,7 @@ def test_each_permission_combination_allows_exactly_its_operations(srv, admin, e
         client.close()
 
 
-@pytest.mark.parametrize("perms", COMBOS, ids=auth.format_permissions)
+@pytest.mark.parametrize("perms", COMBOS, ids=apikey.format_permissions)
 def test_raw_rpcs_follow_the_permission_table(srv, existing, perms):
     """DoGet/GetSchema/DoPut (wrapped by the SDK) refused exactly when the flag is missing."""
     client, opts = raw(srv, mint(srv, perms))
@@ -327,7 +328,7 @@ def test_revoked_key_stops_working_at_once(srv, existing):
     try:
         assert client.sequence_handler(existing) is not None
         client.clear_sequence_handlers_cache()
-        auth.revoke_key(srv.runtime.engine, auth.parse_key(key)[1])
+        keys.revoke_key(srv.runtime.engine, apikey.parse_key(key)[1])
         with pytest.raises(flight.FlightUnauthorizedError) as exc:
             client.sequence_handler(existing)
         assert_refused(exc, "revoked")

@@ -20,7 +20,7 @@ import pytest
 from mosaicolabs import (GRPCCompression, GRPCCompressionAlgorithm, GRPCCompressionLevel,
                          Message, MosaicoClient, Temperature)
 
-from mosaicod import auth
+from mosaicod.catalog import keys
 from mosaicod.config import load_settings
 from mosaicod.permissions import Permission
 from tests.conftest import create_database, drop_database, start_in_process
@@ -126,7 +126,7 @@ def tls_srv(pg_admin_url, tmp_path_factory, pem):
 
 
 def test_tls_with_right_root_certificate_and_key(tls_srv, pem):
-    key, _ = auth.create_key(tls_srv.runtime.engine, ALL)
+    key, _ = keys.create_key(tls_srv.runtime.engine, ALL)
     with MosaicoClient.connect("127.0.0.1", tls_srv.port, timeout=3, tls_cert_path=str(pem["ca"]),
                                api_key=key) as client:
         roundtrip(client)
@@ -148,14 +148,14 @@ def test_tls_still_requires_the_api_key(tls_srv, pem):
 
 
 def test_tls_with_wrong_root_certificate_fails(tls_srv, pem):
-    key, _ = auth.create_key(tls_srv.runtime.engine, ALL)
+    key, _ = keys.create_key(tls_srv.runtime.engine, ALL)
     with pytest.raises(ConnectionError):
         MosaicoClient.connect("127.0.0.1", tls_srv.port, timeout=1,
                               tls_cert_path=str(pem["wrong_ca"]), api_key=key)
 
 
 def test_plaintext_client_cannot_talk_to_tls_server(tls_srv):
-    key, _ = auth.create_key(tls_srv.runtime.engine, ALL)
+    key, _ = keys.create_key(tls_srv.runtime.engine, ALL)
     with pytest.raises(ConnectionError):
         MosaicoClient.connect("127.0.0.1", tls_srv.port, timeout=1, api_key=key)
 

@@ -7,10 +7,11 @@ Keys are enforced by the server only when it runs with MOSAICOD_API_KEY_ENABLED=
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 
-from .. import auth, cli
-from ..catalog import db
+from .. import apikey, cli
+from ..catalog import db, keys
 from ..errors import MosaicoError
 
 _Formatter = argparse.RawDescriptionHelpFormatter
@@ -35,6 +36,43 @@ once.  Examples:
   mosaicod api-key create --permissions read,write -d "ingest robot 7" --expires-in P90D
   mosaicod api-key create --permissions "read|write|delete" --expires-at 2030-01-31T00:00:00Z
 """
+
+
+# -- expiration arguments -------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(
+    r"^P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
+    r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:[.,]\d+)?)S)?)?$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """ISO-8601 duration (``P30D``, ``PT1H``, ``P1DT12H``, ``P2W``); a year counts as 365 days and
+    a month as 30 days."""
+    raw = (text or "").strip().upper()
+    m = _DURATION_RE.match(raw)
+    if m is None or raw in ("P", "PT") or raw.endswith("T"):
+        raise ValueError(f"{text!r} is not an ISO-8601 duration (examples: P30D, PT1H, P1DT12H, P2W)")
+    g = {k: v for k, v in m.groupdict().items() if v is not None}
+    delta = timedelta(
+        days=int(g.get("years", 0)) * 365 + int(g.get("months", 0)) * 30
+        + int(g.get("weeks", 0)) * 7 + int(g.get("days", 0)),
+        hours=int(g.get("hours", 0)), minutes=int(g.get("minutes", 0)),
+        seconds=float(g.get("seconds", "0").replace(",", ".")))
+    if delta <= timedelta(0):
+        raise ValueError(f"duration {text!r} must be longer than zero")
+    return delta
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """RFC 3339 date-time with an explicit offset, e.g. ``2030-01-31T12:00:00Z``."""
+    raw = (text or "").strip()
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an RFC 3339 time (example: 2030-01-31T12:00:00Z)") from None
+    if when.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset: add Z or +HH:MM (example: 2030-01-31T12:00:00Z)")
+    return when
 
 
 def _add_fingerprint(p: argparse.ArgumentParser) -> None:
@@ -135,7 +173,7 @@ def _with_engine(args, fn):
 
 def _fingerprint(args) -> str:
     try:
-        return auth.check_fingerprint(args.fingerprint)
+        return apikey.check_fingerprint(args.fingerprint)
     except ValueError as exc:
         raise _Fail(str(exc)) from None
 
@@ -143,13 +181,13 @@ def _fingerprint(args) -> str:
 def _describe(info: auth.ApiKeyInfo) -> list[str]:
     lines = [
         f"fingerprint: {info.fingerprint}",
-        f"permissions: {auth.format_permissions(info.permissions)}",
+        f"permissions: {apikey.format_permissions(info.permissions)}",
         f"state:       {info.state()}",
-        f"created:     {auth.format_time(info.created_at)}",
-        f"expires:     {auth.format_time(info.expires_at)}",
+        f"created:     {apikey.format_time(info.created_at)}",
+        f"expires:     {apikey.format_time(info.expires_at)}",
     ]
     if info.revoked_at is not None:
-        lines.append(f"revoked:     {auth.format_time(info.revoked_at)}")
+        lines.append(f"revoked:     {apikey.format_time(info.revoked_at)}")
     lines.append(f"description: {info.description}")
     return lines
 
@@ -157,9 +195,9 @@ def _describe(info: auth.ApiKeyInfo) -> list[str]:
 @_guard
 def run_create(args: argparse.Namespace) -> int:
     try:
-        perms = auth.parse_permissions(args.permissions)
-        lifetime = auth.parse_duration(args.expires_in) if args.expires_in else None
-        expires_at = auth.parse_rfc3339(args.expires_at) if args.expires_at else None
+        perms = apikey.parse_permissions(args.permissions)
+        lifetime = parse_duration(args.expires_in) if args.expires_in else None
+        expires_at = parse_rfc3339(args.expires_at) if args.expires_at else None
         if expires_at is not None and expires_at <= datetime.now(timezone.utc):
             raise ValueError(f"--expires-at {args.expires_at} is not in the future")
     except ValueError as exc:
@@ -168,11 +206,11 @@ def run_create(args: argparse.Namespace) -> int:
     def create(engine):
         # a duration counts from the moment the key is stored, not from when the command started
         when = datetime.now(timezone.utc) + lifetime if lifetime is not None else expires_at
-        return auth.create_key(engine, perms, args.description, when)
+        return keys.create_key(engine, perms, args.description, when)
 
     key, info = _with_engine(args, create)
-    print(f"Created API key {info.fingerprint}: permissions {auth.format_permissions(perms)}, "
-          f"expires {auth.format_time(info.expires_at)}.")
+    print(f"Created API key {info.fingerprint}: permissions {apikey.format_permissions(perms)}, "
+          f"expires {apikey.format_time(info.expires_at)}.")
     print("Store it now: it cannot be shown again (only its hash is kept).")
     print(key, flush=True)
     return 0
@@ -180,14 +218,14 @@ def run_create(args: argparse.Namespace) -> int:
 
 @_guard
 def run_list(args: argparse.Namespace) -> int:
-    keys = _with_engine(args, auth.list_keys)
-    if not keys:
+    found = _with_engine(args, keys.list_keys)
+    if not found:
         print("No API keys. Create one with `mosaicod api-key create --permissions read`.")
         return 0
     rows = [("FINGERPRINT", "PERMISSIONS", "STATE", "CREATED", "EXPIRES", "DESCRIPTION")]
-    for k in keys:
-        rows.append((k.fingerprint, auth.format_permissions(k.permissions), k.state(),
-                     auth.format_time(k.created_at), auth.format_time(k.expires_at), k.description))
+    for k in found:
+        rows.append((k.fingerprint, apikey.format_permissions(k.permissions), k.state(),
+                     apikey.format_time(k.created_at), apikey.format_time(k.expires_at), k.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
@@ -197,7 +235,7 @@ def run_list(args: argparse.Namespace) -> int:
 @_guard
 def run_status(args: argparse.Namespace) -> int:
     fp = _fingerprint(args)
-    info = _with_engine(args, lambda e: auth.key_status(e, fp))
+    info = _with_engine(args, lambda e: keys.key_status(e, fp))
     print("\n".join(_describe(info)))
     return 0 if info.state() == "active" else 3
 
@@ -205,14 +243,14 @@ def run_status(args: argparse.Namespace) -> int:
 @_guard
 def run_revoke(args: argparse.Namespace) -> int:
     fp = _fingerprint(args)
-    info = _with_engine(args, lambda e: auth.revoke_key(e, fp))
-    print(f"API key {fp} revoked at {auth.format_time(info.revoked_at)}.")
+    info = _with_engine(args, lambda e: keys.revoke_key(e, fp))
+    print(f"API key {fp} revoked at {apikey.format_time(info.revoked_at)}.")
     return 0
 
 
 @_guard
 def run_purge(args: argparse.Namespace) -> int:
-    gone = _with_engine(args, lambda e: auth.purge_keys(e, all_keys=args.purge_all))
+    gone = _with_engine(args, lambda e: keys.purge_keys(e, all_keys=args.purge_all))
     what = "API keys" if args.purge_all else "expired or revoked API keys"
     print(f"Purged {len(gone)} {what}" + (f": {', '.join(gone)}." if gone else "."))
     return 0
