@@ -1,7 +1,9 @@
-"""Configuration: one table of settings, resolved CLI flag > environment > config file > default.
+"""Configuration: the ``Settings`` dataclass is the one table of settings, resolved CLI flag >
+environment > config file > default (docs/operations.md#configuration).
 
-Every setting has an upstream-style environment name (``MOSAICOD_*``) and a place in the TOML
-config file (``[section] key``).  Secrets are never read from the config file (only from the
+Every setting has an upstream-style environment name (``MOSAICOD_*``), a place in the TOML config
+file (``[section] key``) and, where a command offers it, a command-line flag generated from the same
+line (``mosaicod/commands/common.py``).  Secrets are never read from the config file (only from the
 environment or from a ``*_FILE`` path) and never printed: ``Settings.redacted()`` is what logs see.
 """
 
@@ -43,111 +45,139 @@ def _parse_str(raw: Any) -> str:
     return str(raw)
 
 
+_PARSERS: dict[str, Callable[[Any], Any]] = {"str": _parse_str, "int": _parse_int, "bool": _parse_bool}
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
+    """One configuration setting, described by its field on ``Settings``."""
+
     name: str  # attribute name on Settings
     section: str  # TOML section ("" = never in the config file: secrets)
     default: Any
-    parse: Callable[[Any], Any] = _parse_str
+    parse: Callable[[Any], Any]
+    type: str  # "str" | "int" | "bool"
     secret: bool = False
     help: str = ""
     choices: tuple[str, ...] | None = None
+    flag: str | None = None  # command-line flag when not --<name-with-dashes>
+    metavar: str | None = None
 
     @property
     def env(self) -> str:
         return "MOSAICOD_" + self.name.upper()
 
+    @property
+    def flag_name(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
 
-SETTINGS: tuple[Setting, ...] = (
-    # server
-    Setting("host", "server", "127.0.0.1", help="address to listen on"),
-    Setting("port", "server", 6726, _parse_int, help="port to listen on"),
-    Setting("data_dir", "server", "mosaicod-data",
-            help="directory for the embedded PostgreSQL and the local store"),
-    Setting("max_grpc_decode_message_size", "server", 50 * MiB, _parse_int,
-            help="largest incoming gRPC message in bytes (4 MiB..512 MiB)"),
-    Setting("target_grpc_encode_message_size", "server", 25 * MiB, _parse_int,
-            help="target size of one streamed DoGet message in bytes"),
-    Setting("max_batch_size", "server", 8192, _parse_int, help="max rows per streamed DoGet batch"),
-    Setting("gzip_enabled", "server", False, _parse_bool, help="gzip-compress responses"),
-    Setting("api_key_enabled", "server", False, _parse_bool, help="require an API key on every call"),
-    Setting("metrics_port", "server", 0, _parse_int,
-            help="port of the HTTP /healthz and /metrics endpoint (0 = off)"),
-    # TLS
-    Setting("tls_enabled", "tls", False, _parse_bool, help="serve gRPC over TLS"),
-    Setting("tls_cert_file", "tls", "", help="PEM certificate chain"),
-    Setting("tls_private_key_file", "tls", "", help="PEM private key"),
-    Setting("tls_client_ca_file", "tls", "", help="PEM CA bundle: require client certificates (mutual TLS)"),
-    # database
-    Setting("db_url", "database", "",
-            help="PostgreSQL URL (postgresql://host:port/db); empty = embedded PostgreSQL"),
-    Setting("db_user", "database", "", help="PostgreSQL user (overrides the URL's)"),
-    Setting("db_password", "", "", secret=True, help="PostgreSQL password"),
-    Setting("max_db_connections", "database", 19, _parse_int, help="connection pool size"),
-    # store
-    Setting("store_endpoint", "store", "",
-            help="S3 endpoint URL (http[s]://host:port) or file:///abs/path; empty = <data-dir>/store"),
-    Setting("store_bucket", "store", "mosaicod", help="bucket (S3) or sub-folder (file://)"),
-    Setting("store_region", "store", "us-east-1", help="S3 region"),
-    Setting("store_access_key", "store", "", help="S3 access key id"),
-    Setting("store_secret_key", "", "", secret=True, help="S3 secret access key"),
-    # ingest / encoding
-    Setting("max_chunk_size", "encoding", 256 * MiB, _parse_int,
-            help="roll to a new Parquet chunk file once the current one reaches this many bytes"),
-    Setting("row_group_size", "encoding", 32 * MiB, _parse_int,
-            help="Arrow bytes buffered (and sorted) per Parquet row group during ingest"),
-    # operations (cleanup, store optimizer, instance registry, metrics)
-    Setting("metrics_host", "server", "127.0.0.1", help="address of the /healthz and /metrics endpoint"),
-    Setting("heartbeat_interval", "server", 10, _parse_int,
-            help="seconds between instance-registry heartbeats (ps: alive < 3x <= stale < 10x <= dead)"),
-    Setting("cleanup_time_interval", "cleanup", 0, _parse_int,
-            help="seconds between cleanup runs (0 = one run, then exit)"),
-    Setting("cleanup_retention_duration", "cleanup", 86400, _parse_int,
-            help="seconds a TO_DELETE-marked folder is kept before it is physically removed"),
-    Setting("store_optimizer_time_interval", "store_optimizer", 0, _parse_int,
-            help="seconds between store-optimizer passes (0 = one pass, then exit)"),
-    Setting("store_optimizer_max_chunk_size", "store_optimizer", 256 * MiB, _parse_int,
-            help="target size in bytes of the chunk files the store optimizer writes"),
-    # logging
-    Setting("log_level", "logging", "info", choices=("debug", "info", "warning", "error")),
-    Setting("log_format", "logging", "pretty", choices=("json", "pretty", "plain")),
-)
 
-_BY_NAME = {s.name: s for s in SETTINGS}
+def setting(section: str, default: Any, help: str = "", *, secret: bool = False,
+            choices: tuple[str, ...] | None = None, flag: str | None = None,
+            metavar: str | None = None) -> Any:
+    """Declare a field of ``Settings``: its TOML section, default and help (the environment name
+    and the flag derive from the field name; the type from its annotation)."""
+    return dataclasses.field(default=default, metadata={
+        "setting": {"section": section, "secret": secret, "help": help, "choices": choices,
+                    "flag": flag, "metavar": metavar}})
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    values: Mapping[str, Any]
-    sources: Mapping[str, str]  # name -> "cli" | "env" | "file" | "default"
+    """The resolved configuration: one typed field per setting (docs/operations.md#configuration).
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    A new setting is one line here: its environment variable (``MOSAICOD_<NAME>``), config-file
+    key (``[section] name``), command-line flag (``--name``, where a command offers it) and help
+    all derive from it.  Cross-setting checks go in ``_validate``.
+    """
+
+    # server
+    host: str = setting("server", "127.0.0.1", "address to listen on")
+    port: int = setting("server", 6726, "port to listen on")
+    data_dir: str = setting("server", "mosaicod-data",
+                            "data directory: embedded PostgreSQL in DIR/postgres, local store in DIR/store",
+                            metavar="DIR")
+    max_grpc_decode_message_size: int = setting(
+        "server", 50 * MiB, "largest incoming gRPC message in bytes (4 MiB..512 MiB)")
+    target_grpc_encode_message_size: int = setting(
+        "server", 25 * MiB, "target size of one streamed DoGet message in bytes")
+    max_batch_size: int = setting("server", 8192, "max rows per streamed DoGet batch")
+    gzip_enabled: bool = setting("server", False, "gzip-compress responses")
+    api_key_enabled: bool = setting("server", False, "require an API key on every call")
+    metrics_port: int = setting("server", 0, "serve /healthz and /metrics over HTTP on this port (0 = off)",
+                                metavar="PORT")
+    metrics_host: str = setting("server", "127.0.0.1", "address of the /healthz and /metrics endpoint")
+    heartbeat_interval: int = setting(
+        "server", 10, "seconds between instance-registry heartbeats (ps: alive < 3x <= stale < 10x <= dead)")
+    # TLS
+    tls_enabled: bool = setting("tls", False, "serve gRPC over TLS")
+    tls_cert_file: str = setting("tls", "", "PEM certificate chain")
+    tls_private_key_file: str = setting("tls", "", "PEM private key")
+    tls_client_ca_file: str = setting("tls", "", "PEM CA bundle: require client certificates (mutual TLS)")
+    # database
+    db_url: str = setting("database", "", "PostgreSQL URL (postgresql://host:port/db); empty = embedded PostgreSQL")
+    db_user: str = setting("database", "", "PostgreSQL user (overrides the URL's)")
+    db_password: str = setting("", "", "PostgreSQL password", secret=True)
+    max_db_connections: int = setting("database", 19, "connection pool size")
+    # store
+    store_endpoint: str = setting(
+        "store", "", "S3 endpoint URL (http[s]://host:port) or file:///abs/path; empty = <data-dir>/store")
+    store_bucket: str = setting("store", "mosaicod", "bucket (S3) or sub-folder (file://)")
+    store_region: str = setting("store", "us-east-1", "S3 region")
+    store_access_key: str = setting("store", "", "S3 access key id")
+    store_secret_key: str = setting("", "", "S3 secret access key", secret=True)
+    # ingest / encoding
+    max_chunk_size: int = setting(
+        "encoding", 256 * MiB, "roll to a new Parquet chunk file once the current one reaches this many bytes")
+    row_group_size: int = setting(
+        "encoding", 32 * MiB, "Arrow bytes buffered (and sorted) per Parquet row group during ingest")
+    # maintenance
+    cleanup_time_interval: int = setting("cleanup", 0, "repeat every S seconds; 0 = one run, then exit",
+                                         flag="--time-interval", metavar="S")
+    cleanup_retention_duration: int = setting(
+        "cleanup", 86400, "keep TO_DELETE-marked folders S seconds before deleting them",
+        flag="--retention-duration", metavar="S")
+    store_optimizer_time_interval: int = setting(
+        "store_optimizer", 0, "repeat every S seconds; 0 = one pass, then exit", flag="--time-interval", metavar="S")
+    store_optimizer_max_chunk_size: int = setting(
+        "store_optimizer", 256 * MiB, "target size in bytes of the chunk files the store optimizer writes",
+        flag="--max-chunk-size", metavar="BYTES")
+    # logging
+    log_level: str = setting("logging", "info", "log verbosity", choices=("debug", "info", "warning", "error"))
+    log_format: str = setting("logging", "pretty", "log format", choices=("json", "pretty", "plain"))
+
+    # where each value came from: name -> "cli" | "env" | "file" | "default" | "override"
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return {s.name: getattr(self, s.name) for s in SETTINGS}
 
     def replace(self, **changes: Any) -> "Settings":
-        values = dict(self.values)
-        sources = dict(self.sources)
-        for k, v in changes.items():
+        for k in changes:
             if k not in _BY_NAME:
                 raise KeyError(k)
-            values[k] = v
-            sources[k] = "override"
-        return Settings(values, sources)
+        return dataclasses.replace(self, **changes,
+                                   sources={**self.sources, **dict.fromkeys(changes, "override")})
 
     def redacted(self) -> dict[str, Any]:
         """Settings safe to log: secrets replaced by '***' (or '' when unset)."""
         out = {}
         for s in SETTINGS:
-            v = self.values[s.name]
+            v = getattr(self, s.name)
             out[s.name] = ("***" if v else "") if s.secret else v
         return out
 
     @property
     def data_path(self) -> Path:
-        return Path(self.values["data_dir"]).expanduser().resolve()
+        return Path(self.data_dir).expanduser().resolve()
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(name=f.name, default=f.default, parse=_PARSERS[f.type], type=f.type, **f.metadata["setting"])
+    for f in dataclasses.fields(Settings) if "setting" in f.metadata)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
 
 
 def _read_secret_file(path: str, env_name: str) -> str:
@@ -223,7 +253,7 @@ def load_settings(cli: Mapping[str, Any] | None = None, env: Mapping[str, str] |
         values[s.name] = value
         sources[s.name] = src
     _validate(values)
-    return Settings(values, sources)
+    return Settings(**values, sources=sources)
 
 
 def _validate(v: dict[str, Any]) -> None:
