@@ -11,9 +11,12 @@ from sqlalchemy.engine import Engine
 from .catalog import db
 from .catalog.repo import Catalog
 from .config import ConfigError, Settings
+from .metrics import MIDDLEWARE_KEY, MetricsMiddlewareFactory
 from .server import MosaicoFlightServer
 from .service import Mosaico
 from .store.objstore import ObjectStore
+from .tls import scheme, server_tls_kwargs
+from .transport import security_middleware
 
 
 @dataclass
@@ -43,11 +46,7 @@ class Runtime:
 
 
 def server_middleware(settings: Settings, runtime: Runtime) -> dict[str, flight.ServerMiddlewareFactory]:
-    from .metrics import MIDDLEWARE_KEY, MetricsMiddlewareFactory
-
     middleware: dict[str, flight.ServerMiddlewareFactory] = {MIDDLEWARE_KEY: MetricsMiddlewareFactory()}
-    from .transport import security_middleware
-
     middleware.update(security_middleware(settings, runtime.engine))  # API keys, gzip responses
     return middleware
 
@@ -56,8 +55,6 @@ def build_server(runtime: Runtime, *, host: str | None = None, port: int | None 
     settings = runtime.settings
     host = host or settings.host
     port = settings.port if port is None else port
-    from .tls import scheme, server_tls_kwargs
-
     kwargs = server_tls_kwargs(settings)  # {} without TLS
     location = f"{scheme(settings)}://{host}:{port}"
     try:

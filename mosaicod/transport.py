@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pyarrow.flight as flight
 
+from .auth import AuthMiddlewareFactory
 from .config import Settings
 
 GRPC_COMPRESSION_REQUEST_KEY = "grpc-internal-encoding-request"
@@ -43,8 +44,6 @@ def security_middleware(settings: Settings, engine=None) -> dict[str, flight.Ser
     if settings.api_key_enabled:
         if engine is None:
             raise ValueError("API keys are enabled: security_middleware needs the catalog engine")
-        from .auth import AuthMiddlewareFactory
-
         out["auth"] = AuthMiddlewareFactory(engine)
     if settings.gzip_enabled:
         out["gzip"] = GzipMiddlewareFactory()

@@ -85,8 +85,9 @@ def cli_env(monkeypatch, restore_logging):
 
 def _cli_settings(argv):
     from mosaicod import cli
+    from mosaicod.commands.common import settings_from_args
 
-    return cli.settings_from_args(cli.build_parser().parse_args(argv))
+    return settings_from_args(cli.build_parser().parse_args(argv))
 
 
 def test_cli_flags_beat_environment(cli_env):

@@ -11,6 +11,7 @@ from .. import logs, metrics, registry
 from ..catalog.db import CatalogUnavailable, connect
 from ..config import Settings
 from ..store.objstore import ObjectStore, StoreUnavailable
+from .common import fail
 
 log = logs.get(__name__)
 
@@ -41,8 +42,6 @@ def run_maintenance(settings: Settings, kind: str, interval: int,
         engine = connect(settings)
         store = ObjectStore.from_settings(settings)
     except (CatalogUnavailable, StoreUnavailable) as exc:
-        from ..cli import fail
-
         return fail(str(exc))
     http = None
     if settings.metrics_port:

@@ -10,9 +10,10 @@ import argparse
 import re
 from datetime import datetime, timedelta, timezone
 
-from .. import apikey, cli
+from .. import apikey
 from ..catalog import db, keys
 from ..errors import MosaicoError
+from .common import add_config_options, fail, settings_from_args
 
 _Formatter = argparse.RawDescriptionHelpFormatter
 
@@ -100,7 +101,7 @@ def register(subparsers) -> None:
     when.add_argument("--expires-at", metavar="TIME",
                       help="RFC 3339 time with offset, e.g. 2030-01-31T12:00:00Z; "
                            "default: never expires")
-    cli.add_config_options(p)
+    add_config_options(p)
     p.set_defaults(func=run_create)
 
     p = sub.add_parser("list", help="list keys (fingerprints, permissions, state; never secrets)",
@@ -108,7 +109,7 @@ def register(subparsers) -> None:
                                    "(active/expired/revoked), creation and expiration times and "
                                    "description.  Secrets are never shown (they are not stored).",
                        formatter_class=_Formatter)
-    cli.add_config_options(p)
+    add_config_options(p)
     p.set_defaults(func=run_list)
 
     p = sub.add_parser("status", help="show one key", formatter_class=_Formatter,
@@ -116,7 +117,7 @@ def register(subparsers) -> None:
                                    "fingerprint.  Exit status 0 if the key is active, 3 if it is "
                                    "expired or revoked, 1 if it does not exist.")
     _add_fingerprint(p)
-    cli.add_config_options(p)
+    add_config_options(p)
     p.set_defaults(func=run_status)
 
     p = sub.add_parser("revoke", help="revoke a key (refused from the next call on)",
@@ -125,7 +126,7 @@ def register(subparsers) -> None:
                                    "it is refused, also on running servers.  Revoked keys stay "
                                    "listed until `purge`.")
     _add_fingerprint(p)
-    cli.add_config_options(p)
+    add_config_options(p)
     p.set_defaults(func=run_revoke)
 
     p = sub.add_parser("purge", help="delete expired and revoked keys (or all with --all)",
@@ -135,12 +136,12 @@ def register(subparsers) -> None:
                                    "new keys.")
     p.add_argument("-A", "--all", action="store_true", dest="purge_all",
                    help="delete every key, including active ones")
-    cli.add_config_options(p)
+    add_config_options(p)
     p.set_defaults(func=run_purge)
 
 
 def _engine(args):
-    settings = cli.settings_from_args(args)
+    settings = settings_from_args(args)
     try:
         return db.connect(settings)
     except db.CatalogUnavailable as exc:
@@ -156,9 +157,9 @@ def _guard(fn):
         try:
             return fn(args)
         except _Fail as exc:
-            return cli.fail(str(exc))
+            return fail(str(exc))
         except MosaicoError as exc:
-            return cli.fail(exc.message)
+            return fail(exc.message)
     wrapper.__name__ = fn.__name__
     return wrapper
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..maintenance import cleanup
+from ._loop import run_maintenance
+from .common import EPILOG, Formatter, add_config_options, add_setting_flags, settings_from_args
 
 HELP = "physically remove store folders of deleted resources after the retention period"
 DESCRIPTION = """\
@@ -22,26 +24,14 @@ latest run.  SIGINT/SIGTERM stop the loop after the current run.
 
 
 def register(subparsers) -> None:
-    from ..cli import Formatter, add_config_options
-
     p = subparsers.add_parser("cleanup", help=HELP, description=DESCRIPTION,
-                              formatter_class=Formatter)
-    p.add_argument("--time-interval", type=int, metavar="S", dest="cleanup_time_interval",
-                   help="repeat every S seconds; 0 = one run, then exit "
-                        "(env: MOSAICOD_CLEANUP_TIME_INTERVAL; default: 0)")
-    p.add_argument("--retention-duration", type=int, metavar="S", dest="cleanup_retention_duration",
-                   help="keep marked folders S seconds before deleting them "
-                        "(env: MOSAICOD_CLEANUP_RETENTION_DURATION; default: 86400)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT", dest="metrics_port",
-                   help="serve /healthz and /metrics on this port while running (0 = off)")
+                              formatter_class=Formatter, epilog=EPILOG)
+    add_setting_flags(p, "cleanup_time_interval", "cleanup_retention_duration", "metrics_port")
     add_config_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import settings_from_args
-    from ._loop import run_maintenance
-
     settings = settings_from_args(args)
     interval = settings.cleanup_time_interval
     retention = settings.cleanup_retention_duration

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
+from .. import registry
+from ..catalog.db import CatalogUnavailable, connect
+from .common import EPILOG, Formatter, add_config_options, fail, settings_from_args
+
 HELP = "list mosaicod instances (servers, cleanup, store optimizer) running on this catalog"
 DESCRIPTION = """\
 Lists the instances registered in the catalog's instance registry.  Every running `serve`,
@@ -20,9 +24,8 @@ reads the same catalog.
 
 
 def register(subparsers) -> None:
-    from ..cli import Formatter, add_config_options
-
-    p = subparsers.add_parser("ps", help=HELP, description=DESCRIPTION, formatter_class=Formatter)
+    p = subparsers.add_parser("ps", help=HELP, description=DESCRIPTION, formatter_class=Formatter,
+                              epilog=EPILOG)
     p.add_argument("-a", "--all", action="store_true", help="also list dead instances")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="add start and last-heartbeat times")
@@ -46,10 +49,6 @@ def _ago(secs: int, now: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import registry
-    from ..catalog.db import CatalogUnavailable, connect
-    from ..cli import fail, settings_from_args
-
     settings = settings_from_args(args)
     try:
         engine = connect(settings, pool_size=1)

@@ -1,11 +1,17 @@
-"""`mosaicod rebuild-catalog`: restore the catalog from the object store (STORAGE_AND_QUERY.md §9)."""
+"""`mosaicod rebuild-catalog`: restore the catalog from the object store
+(docs/operations.md#rebuilding-the-catalog)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .. import cli, logs
+from .. import logs
+from ..catalog.db import CatalogUnavailable, connect
+from ..maintenance.rebuild import Options, RebuildRefused, load_sequence_map
+from ..maintenance.rebuild import run as rebuild
+from ..store.objstore import ObjectStore, StoreUnavailable
+from .common import EPILOG, Formatter, add_config_options, fail, settings_from_args
 
 HELP = """\
 Rebuild the catalog (PostgreSQL) from the object store alone: the store is the source of truth,
@@ -39,7 +45,7 @@ with --strict (or a refusal/failure), 2 configuration error.
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rebuild-catalog", help="rebuild the catalog from the object store", description=HELP,
-                       formatter_class=cli.Formatter, epilog=cli.EPILOG)
+                       formatter_class=Formatter, epilog=EPILOG)
     p.add_argument("--dry-run", action="store_true", help="report differences with the catalog; write nothing")
     p.add_argument("--mode", choices=("replace", "merge"), default="replace",
                    help="replace: reload the derived tables from scratch; merge: insert only what is missing")
@@ -59,22 +65,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=("thread", "process"), default="thread",
                    help="decode in threads (pyarrow releases the GIL) or in processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    cli.add_config_options(p)
+    add_config_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..catalog.db import CatalogUnavailable, connect
-    from ..maintenance.rebuild import Options, RebuildRefused, load_sequence_map
-    from ..maintenance.rebuild import run as rebuild
-    from ..store.objstore import ObjectStore, StoreUnavailable
-
-    settings = cli.settings_from_args(args)
+    settings = settings_from_args(args)
     log = logs.get("mosaicod.rebuild_catalog")
     try:
         smap = load_sequence_map(args.sequence_map) if args.sequence_map else {}
     except (OSError, ValueError) as exc:
-        return cli.fail(f"--sequence-map {args.sequence_map}: {exc}", 2)
+        return fail(f"--sequence-map {args.sequence_map}: {exc}", 2)
     opts = Options(mode=args.mode, dry_run=args.dry_run, force=args.force, jobs=args.jobs, executor=args.executor,
                    sequence_map=smap, skip_anonymous=args.skip_anonymous, mark_orphans=args.mark_orphans,
                    progress=not args.no_progress and sys.stderr.isatty(),
@@ -83,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
         store = ObjectStore.from_settings(settings)
         engine = connect(settings, pool_size=2)
     except (CatalogUnavailable, StoreUnavailable) as exc:
-        return cli.fail(str(exc))
+        return fail(str(exc))
     try:
         report = rebuild(store, engine, opts)
     except RebuildRefused as exc:
-        return cli.fail(str(exc))
+        return fail(str(exc))
     finally:
         engine.dispose()
     print(report.summary())

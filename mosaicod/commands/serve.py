@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import signal
 
-from .. import allocator, cli, logs
+from .. import allocator, logs, metrics, registry
 from ..catalog.db import CatalogUnavailable
+from ..runtime import Runtime, build_server
 from ..store.objstore import StoreUnavailable
+from ..tls import server_tls_kwargs, warn_if_insecure
+from .common import EPILOG, Formatter, add_config_options, add_setting_flags, fail, settings_from_args
 
 HELP = """\
 Run the mosaicod Arrow Flight server.
@@ -20,13 +23,9 @@ With no database URL (MOSAICOD_DB_URL) an embedded PostgreSQL is started (or joi
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the Flight server", description=HELP,
-                       formatter_class=cli.Formatter, epilog=cli.EPILOG)
-    p.add_argument("--host", help="address to listen on (env: MOSAICOD_HOST; default: 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to listen on (env: MOSAICOD_PORT; default: 6726)")
-    p.add_argument("--metrics-port", type=int,
-                   help="serve /healthz and /metrics over HTTP on this port (env: MOSAICOD_METRICS_PORT; "
-                        "default: off)")
-    cli.add_config_options(p)
+                       formatter_class=Formatter, epilog=EPILOG)
+    add_setting_flags(p, "host", "port", "metrics_port")
+    add_config_options(p)
     p.set_defaults(func=run)
 
 
@@ -50,12 +49,8 @@ class _StopOnSigterm:
 def run(args: argparse.Namespace) -> int:
     stop = _StopOnSigterm()
     signal.signal(signal.SIGTERM, stop)
-    from ..runtime import Runtime, build_server
-
-    from ..tls import server_tls_kwargs, warn_if_insecure
-
     malloc = allocator.tune()  # before any server thread allocates
-    settings = cli.settings_from_args(args)
+    settings = settings_from_args(args)
     log = logs.get("mosaicod.serve")
     log.debug("malloc settings", **malloc)
     warn_if_insecure(settings, log)
@@ -63,15 +58,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         runtime = Runtime.open(settings)
     except (CatalogUnavailable, StoreUnavailable) as exc:
-        return cli.fail(str(exc))
+        return fail(str(exc))
     try:
         server = build_server(runtime)
         log.info("mosaicod listening", address=f"{settings.host}:{server.port}",
                  tls=settings.tls_enabled, api_keys=settings.api_key_enabled,
                  catalog="embedded" if not settings.db_url else "external", store=runtime.store.url)
         log.debug("settings", **settings.redacted())
-        from .. import metrics, registry
-
         http = (metrics.serve_http(settings.metrics_host, settings.metrics_port, runtime.engine,
                                    runtime.store) if settings.metrics_port else None)
         instance = registry.Instance(runtime.engine, "server", address=f"{settings.host}:{server.port}",

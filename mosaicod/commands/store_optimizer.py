@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..maintenance.optimizer import Optimizer
+from ._loop import run_maintenance
+from .common import EPILOG, Formatter, add_config_options, add_setting_flags, settings_from_args
+
 HELP = "compact topics made of many small chunks into chunks of about --max-chunk-size"
 DESCRIPTION = """\
 Store optimizer (as upstream mosaicod 0.7).  Every finalized topic not optimized yet is queued;
@@ -21,27 +25,14 @@ SIGINT/SIGTERM stop after the current topic.
 
 
 def register(subparsers) -> None:
-    from ..cli import Formatter, add_config_options
-
     p = subparsers.add_parser("store-optimizer", help=HELP, description=DESCRIPTION,
-                              formatter_class=Formatter)
-    p.add_argument("--time-interval", type=int, metavar="S", dest="store_optimizer_time_interval",
-                   help="repeat every S seconds; 0 = one pass, then exit "
-                        "(env: MOSAICOD_STORE_OPTIMIZER_TIME_INTERVAL; default: 0)")
-    p.add_argument("--max-chunk-size", type=int, metavar="BYTES", dest="store_optimizer_max_chunk_size",
-                   help="target size of the rewritten chunk files "
-                        "(env: MOSAICOD_STORE_OPTIMIZER_MAX_CHUNK_SIZE; default: 268435456)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT", dest="metrics_port",
-                   help="serve /healthz and /metrics on this port while running (0 = off)")
+                              formatter_class=Formatter, epilog=EPILOG)
+    add_setting_flags(p, "store_optimizer_time_interval", "store_optimizer_max_chunk_size", "metrics_port")
     add_config_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import settings_from_args
-    from ..maintenance.optimizer import Optimizer
-    from ._loop import run_maintenance
-
     settings = settings_from_args(args)
 
     def once(engine, store, instance_id, stop):

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, JSONPATH
 
 from ..catalog.tables import sequence_t, topic_t
+from .glob import compile_glob
 from .parse import Cond, FieldFilter, MdFilter, MdStep, Query, Section
 
 EMPTY_JSON = sa.text("'{}'::jsonb")
@@ -70,7 +71,6 @@ def _field_clause(section: str, f: FieldFilter):
     if section == "sequence":
         if f.field == "name":
             if c.op == "$match" and c.value.startswith("/"):
-                from .glob import compile_glob
                 c = Cond(c.op, c.value[1:], compile_glob(c.value[1:])) if len(c.value) > 1 else c
             return _plain(sequence_t.c.locator_name, c, _strip_slash)
         return _plain(sequence_t.c.creation_unix_tstamp, c)
@@ -84,7 +84,6 @@ def _field_clause(section: str, f: FieldFilter):
         if c.op == "$match":
             # accept patterns written for the path with or without its leading '/':
             # the upstream comparison ('/a/b' ~ p) OR the stripped one ('a/b' ~ p-without-'/')
-            from .glob import compile_glob
             up = (sa.literal("/", sa.Text) + path).op("~")(sa.literal(c.glob.pg_regex(), sa.Text))
             if c.value.startswith("/") and len(c.value) > 1:
                 stripped = compile_glob(c.value[1:]).pg_regex()

@@ -14,6 +14,7 @@ import fsspec
 
 from .. import errors, logs
 from ..config import Settings
+from .layout import dumps, to_delete_key
 
 
 class StoreUnavailable(Exception):
@@ -98,8 +99,6 @@ class ObjectStore:
         """Write ``<folder>/TO_DELETE``.  ``best_effort``: log a failure instead of raising (for
         callers whose catalog change is already committed: cleanup marks unreferenced folders
         itself later)."""
-        from .layout import to_delete_key
-
         try:
             self.put_bytes(to_delete_key(folder), b"")
         except Exception as exc:
@@ -109,8 +108,6 @@ class ObjectStore:
                                                error=str(exc))
 
     def put_json(self, key: str, doc: Any) -> None:
-        from .layout import dumps
-
         self.put_bytes(key, dumps(doc))
 
     def get_json(self, key: str) -> Any:
