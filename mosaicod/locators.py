@@ -1,4 +1,4 @@
-"""Resource locators: validation and normalisation (PROTOCOL.md §4.2-4.3).
+"""Resource locators: validation and normalisation (docs/storage.md#locators).
 
 Sequence ``seq``; topic ``seq/topic/path``; session ``seq:<ULID>``.
 """
@@ -120,7 +120,7 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_\- ]+$")
 
 
 def validate_user_metadata(value: object) -> None:
-    """Every object key at every depth: non-empty, [A-Za-z0-9_- ], no '--' (PROTOCOL.md §4.6)."""
+    """Every object key at every depth: non-empty, [A-Za-z0-9_- ], no '--' (docs/storage.md#locators)."""
     stack = [value]
     while stack:
         v = stack.pop()

@@ -1,4 +1,4 @@
-"""Which permission each RPC and action needs (PROTOCOL.md §2.4). Permissions are independent flags."""
+"""Which permission each RPC and action needs (docs/operations.md#api-keys). Permissions are independent flags."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Test helpers that write stores by hand, straight from the spec (STORAGE_AND_QUERY.md §2):
+"""Test helpers that write stores by hand, as the servers write them (docs/storage.md#object-store-layout):
 
 * ``write_upstream_store``: a store as upstream mosaicod 0.7 writes it — anonymous
   ``sq_<ULID>/metadata.json`` = ``{"user_metadata": ...}``, ``tp_<ULID>/metadata.json`` in the 0.7

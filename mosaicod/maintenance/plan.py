@@ -1,8 +1,9 @@
-"""Steps 4-8 of a catalog rebuild (STORAGE_AND_QUERY.md §9.2): turn a store scan into the rows the
-catalog should hold (sequences, sessions, topics and their data files), keyed by locator.
+"""The plan of a catalog rebuild (docs/operations.md#rebuilding-the-catalog): turn a store scan
+into the rows the catalog should hold (sequences, sessions, topics and their data files), keyed
+by locator.
 
 Layout v1 folders carry everything exactly.  For upstream-written folders the missing facts are
-guessed with the §9 heuristics and every guess is recorded in ``Plan.heuristics``.  Identifiers
+guessed with the rules of docs/operations.md#stores-written-by-upstream-mosaicod and every guess is recorded in ``Plan.heuristics``.  Identifiers
 that must be invented are derived deterministically (UUIDv5 / hashed ULIDs) so that two rebuilds
 of the same store produce the same catalog.
 """

@@ -1,5 +1,5 @@
-"""Step 1-3 of a catalog rebuild (STORAGE_AND_QUERY.md §9.2): list the store root, classify the
-top-level folders and read the small JSON objects of every live folder.
+"""The scan of a catalog rebuild (docs/operations.md#rebuilding-the-catalog): list the store root,
+classify the top-level folders and read the small JSON objects of every live folder.
 
 Nothing here reads Parquet data; only listings and metadata documents.  Every document shape
 that a Mosaico server ever wrote is accepted (our layout v1, upstream 0.7, the legacy

@@ -1,4 +1,4 @@
-"""The `query` action (STORAGE_AND_QUERY.md §5.7-5.9).
+"""The `query` action (docs/query.md#ontology-filters).
 
 1. sequence/topic/user-metadata filters -> SQL clauses over ``topic_t JOIN sequence_t``;
 2. without an ontology section: the matching topics, grouped by sequence;

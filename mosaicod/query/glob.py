@@ -1,4 +1,4 @@
-"""`$match` patterns: the restricted glob of STORAGE_AND_QUERY.md §5.4.
+"""`$match` patterns: a restricted glob (docs/query.md#match-patterns).
 
 Syntax: ``*`` any run of characters (runs collapse), ``?`` exactly one character, ``#`` one
 ASCII digit, ``[...]`` a character class (``^`` first negates, ``a-z`` ranges), everything else

@@ -1,4 +1,4 @@
-"""Query JSON -> validated AST (STORAGE_AND_QUERY.md §5.2-5.4, PROTOCOL.md §15).
+"""Query JSON -> validated AST (docs/query.md#request, docs/query.md#operators).
 
 Every error is a ``bad_request`` naming the offending part, e.g.
 ``query.topic.created_at_ns: operator $match is not supported here (use one of ...)``.

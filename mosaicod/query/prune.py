@@ -1,4 +1,4 @@
-"""Chunk pruning with per-chunk column statistics (STORAGE_AND_QUERY.md §4.5-4.6).
+"""Chunk pruning with per-chunk column statistics (docs/query.md#chunk-pruning).
 
 For every ontology expression a condition on the chunk's statistics row is built that is true
 whenever the chunk *could* hold a matching row; the candidate chunks are those satisfying all of

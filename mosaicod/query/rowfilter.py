@@ -1,4 +1,4 @@
-"""Exact row predicate of ontology filters over Arrow record batches (STORAGE_AND_QUERY.md §5.7).
+"""Exact row predicate of ontology filters over Arrow record batches (docs/query.md#ontology-filters).
 
 ``compile_predicate(schema, filters)`` resolves every ``<tag>.<path>`` against one topic schema
 (struct navigation, at most one list specifier ``[?]`` any / ``[!]`` all / ``[N]`` index, plain

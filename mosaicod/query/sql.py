@@ -1,5 +1,5 @@
-"""Sequence / topic / user-metadata filters compiled to SQLAlchemy Core (STORAGE_AND_QUERY.md
-§5.5-5.6).
+"""Sequence / topic / user-metadata filters compiled to SQLAlchemy Core
+(docs/query.md#user-metadata).
 
 Clauses are expressed over ``topic_t JOIN sequence_t``; every value is a bind parameter.
 User metadata is matched with SQL/JSON path (lax mode) over ``COALESCE(user_metadata, '{}')``:

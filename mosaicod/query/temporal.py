@@ -1,5 +1,5 @@
-"""`topic_filter_clusterize` / `topic_filter_intersect` (STORAGE_AND_QUERY.md §5.10,
-PROTOCOL.md §16).
+"""`topic_filter_clusterize` / `topic_filter_intersect`
+(docs/query.md#temporal-refinement-actions).
 
 A topic's rows are streamed in ascending ``timestamp_ns`` order by
 ``store.chunks.read_topic`` (only chunks that can match — statistics pruning and the time window

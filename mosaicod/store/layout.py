@@ -1,4 +1,4 @@
-"""Store layout v1 (STORAGE_AND_QUERY.md §2.7): key names and the JSON documents we write.
+"""Store layout v1 (docs/storage.md#object-store-layout): key names and the JSON documents we write.
 
     sq_<ULID>/metadata.json                 {"user_metadata": ..., "catalog": {...}}
     sq_<ULID>/sessions/<SESSION_ULID>.json  session facts

@@ -1,4 +1,4 @@
-"""Per-chunk column statistics (STORAGE_AND_QUERY.md §4.2-4.4).
+"""Per-chunk column statistics (docs/storage.md#column-statistics).
 
 Leaves of the Arrow schema are flattened to dotted names (``acceleration.x``); list columns are
 named by the list field's path and their statistics cover every element.  Numeric leaves (ints,
