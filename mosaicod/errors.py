@@ -63,6 +63,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from . import logs
+
 MAX_MESSAGE = 1000  # characters of a client-visible message (gRPC allows 16 KiB of metadata)
 MAX_SHOWN = 200  # characters of an echoed input inside a message
 
@@ -202,9 +204,7 @@ def new_error_id() -> str:
 
 
 def _log():
-    from .logs import get  # logs imports nothing from here; late import keeps errors.py leaf-like
-
-    return get("mosaicod.errors")
+    return logs.get("mosaicod.errors")
 
 
 def log_internal(exc: BaseException, rpc: str | None, tb: Any = None) -> str:
