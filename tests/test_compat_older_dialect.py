@@ -256,11 +256,12 @@ def test_notifications_as_the_older_client_sends_them(cpp):
 
 def test_version_needs_a_key_but_no_permission(make_settings, start_server):
     from mosaicod import auth
+    from mosaicod.catalog import keys
     from mosaicod.permissions import Permission
 
     srv = start_server(make_settings(api_key_enabled=True))
     c = flight.FlightClient(srv.location)
-    key, _ = auth.create_key(srv.runtime.engine, Permission.DELETE, "delete only", None)
+    key, _ = keys.create_key(srv.runtime.engine, Permission.DELETE, "delete only", None)
     opts = flight.FlightCallOptions(headers=[(auth.HEADER.encode(), key.encode())])
     [res] = list(c.do_action(flight.Action("version", b"{}"), options=opts))
     assert json.loads(res.body.to_pybytes())["response"]["version"] == "0.7.0"

@@ -179,7 +179,7 @@ def _fingerprint(args) -> str:
         raise _Fail(str(exc)) from None
 
 
-def _describe(info: auth.ApiKeyInfo) -> list[str]:
+def _describe(info: apikey.ApiKeyInfo) -> list[str]:
     lines = [
         f"fingerprint: {info.fingerprint}",
         f"permissions: {apikey.format_permissions(info.permissions)}",
