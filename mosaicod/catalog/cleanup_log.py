@@ -40,12 +40,12 @@ def finish_run(engine: Engine, cleanup_id: int, *, end: int, marked: list, delet
 
 def latest_run(engine: Engine) -> RowMapping | None:
     """The latest run with the last heartbeat of the instance that ran it (None if it is gone)."""
-    c, i = cleanup_log_t, instance_registry_t
     with engine.connect() as conn:
         return conn.execute(
-            sa.select(c, i.c.last_heartbeat_unix_tstamp_secs)
-            .select_from(c.outerjoin(i, c.c.instance_id == i.c.instance_id))
-            .order_by(c.c.cleanup_id.desc()).limit(1)).mappings().first()
+            sa.select(cleanup_log_t, instance_registry_t.c.last_heartbeat_unix_tstamp_secs)
+            .select_from(cleanup_log_t.outerjoin(
+                instance_registry_t, cleanup_log_t.c.instance_id == instance_registry_t.c.instance_id))
+            .order_by(cleanup_log_t.c.cleanup_id.desc()).limit(1)).mappings().first()
 
 
 def referenced_folders(engine: Engine) -> set[str]:

@@ -12,9 +12,8 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from .locks import OPTIMIZER_LEASE_CLASS
 from .repo import insert_chunk_rows
-from .tables import chunk_t, topic_optimization_t, topic_t
-
-q = topic_optimization_t
+from .tables import chunk_t, topic_t
+from .tables import topic_optimization_t as queue_t
 
 
 class LeaseLost(Exception):
@@ -28,7 +27,7 @@ def enqueue(engine: Engine) -> int:
                       topic_t.c.optimization_end_unix_tstamp.is_(None),
                       topic_t.c.path_in_store.is_not(None)))
     with engine.begin() as conn:
-        return conn.execute(pg_insert(q).from_select(["topic_id"], pending)
+        return conn.execute(pg_insert(queue_t).from_select(["topic_id"], pending)
                             .on_conflict_do_nothing()).rowcount
 
 
@@ -59,10 +58,10 @@ def take_lease(engine: Engine, new_folder: Callable[[], str]) -> Lease | None:
         tried: list[int] = []
         while True:
             with conn.begin():
-                pick = (sa.select(q.c.topic_id, q.c.opt_path_in_store).order_by(q.c.topic_id).limit(1)
+                pick = (sa.select(queue_t.c.topic_id, queue_t.c.opt_path_in_store).order_by(queue_t.c.topic_id).limit(1)
                         .with_for_update(skip_locked=True))
                 if tried:
-                    pick = pick.where(q.c.topic_id.not_in(tried))
+                    pick = pick.where(queue_t.c.topic_id.not_in(tried))
                 row = conn.execute(pick).first()
                 if row is None:
                     break
@@ -72,7 +71,7 @@ def take_lease(engine: Engine, new_folder: Callable[[], str]) -> Lease | None:
                     tried.append(row.topic_id)
                     continue
                 folder = new_folder()
-                conn.execute(q.update().where(q.c.topic_id == row.topic_id)
+                conn.execute(queue_t.update().where(queue_t.c.topic_id == row.topic_id)
                              .values(start_unix_tstamp=time.time_ns(), opt_path_in_store=folder))
             return Lease(conn, row.topic_id, folder, row.opt_path_in_store)
         conn.close()
@@ -86,7 +85,7 @@ def take_lease(engine: Engine, new_folder: Callable[[], str]) -> Lease | None:
 def drop(engine: Engine, topic_id: int) -> None:
     """Remove a topic from the queue (a failed rewrite is queued again by the next pass)."""
     with engine.begin() as conn:
-        conn.execute(q.delete().where(q.c.topic_id == topic_id))
+        conn.execute(queue_t.delete().where(queue_t.c.topic_id == topic_id))
 
 
 def topic_row(engine: Engine, topic_id: int) -> RowMapping | None:
@@ -99,7 +98,7 @@ def flag_optimized(engine: Engine, topic_id: int, now_ns: int) -> None:
     with engine.begin() as conn:
         conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id)
                      .values(optimization_end_unix_tstamp=now_ns))
-        conn.execute(q.delete().where(q.c.topic_id == topic_id))
+        conn.execute(queue_t.delete().where(queue_t.c.topic_id == topic_id))
 
 
 def switch(engine: Engine, lease: Lease, *, old_folder: str, ontology_tag: str, chunks: Sequence,
@@ -112,7 +111,7 @@ def switch(engine: Engine, lease: Lease, *, old_folder: str, ontology_tag: str, 
                            .with_for_update()).first()
         if cur is None or cur.path_in_store != old_folder:
             raise LeaseLost("the topic was deleted or changed during the rewrite")
-        mine = conn.execute(sa.select(q.c.opt_path_in_store).where(q.c.topic_id == lease.topic_id)
+        mine = conn.execute(sa.select(queue_t.c.opt_path_in_store).where(queue_t.c.topic_id == lease.topic_id)
                             .with_for_update()).first()
         if mine is None or mine.opt_path_in_store != lease.folder:
             raise LeaseLost("the optimization lease was taken over")
@@ -122,4 +121,4 @@ def switch(engine: Engine, lease: Lease, *, old_folder: str, ontology_tag: str, 
                               data_file=c.data_file, size_bytes=c.size_bytes, stats=c.stats)
         conn.execute(topic_t.update().where(topic_t.c.topic_id == lease.topic_id)
                      .values(path_in_store=lease.folder, optimization_end_unix_tstamp=now_ns))
-        conn.execute(q.delete().where(q.c.topic_id == lease.topic_id))
+        conn.execute(queue_t.delete().where(queue_t.c.topic_id == lease.topic_id))
