@@ -13,7 +13,7 @@ from .catalog.repo import Catalog
 from .config import ConfigError, Settings
 from .metrics import MIDDLEWARE_KEY, MetricsMiddlewareFactory
 from .server import MosaicoFlightServer
-from .service import Mosaico
+from .service import Service
 from .store.objstore import ObjectStore
 from .tls import scheme, server_tls_kwargs
 from .transport import security_middleware
@@ -58,7 +58,7 @@ def build_server(runtime: Runtime, *, host: str | None = None, port: int | None 
     kwargs = server_tls_kwargs(settings)  # {} without TLS
     location = f"{scheme(settings)}://{host}:{port}"
     try:
-        return MosaicoFlightServer(Mosaico(settings, runtime.catalog, runtime.store), location,
+        return MosaicoFlightServer(Service(settings, runtime.catalog, runtime.store), location,
                                    middleware=server_middleware(settings, runtime), **kwargs)
     except ConfigError:
         raise

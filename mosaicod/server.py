@@ -1,5 +1,6 @@
-"""Arrow Flight endpoints.  Thin: parse the wire format, check permissions, dispatch to
-``service.Mosaico``, convert errors through the one table in ``errors``."""
+"""Arrow Flight endpoints.  Thin: parse the wire format (``wirejson`` for action bodies,
+``descriptors`` for commands, ``tickets`` for DoGet tickets), check permissions, dispatch to
+``service.Service``, convert errors through the one table in ``errors``."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from . import errors, metrics
+from . import descriptors, errors, metrics
 from .logs import get as get_logger
 from .permissions import ACTION_PERMISSIONS, RPC_PERMISSIONS, Permission, camel
-from .service import Mosaico, parse_json_object
+from .service import Service
 from .tickets import TopicTicket
+from .wirejson import parse_object
 
 log = get_logger(__name__)
 
@@ -83,7 +85,7 @@ def _result(action: str, payload: Any) -> flight.Result:
 
 
 class MosaicoFlightServer(flight.FlightServerBase):
-    def __init__(self, service: Mosaico, location: str, *,
+    def __init__(self, service: Service, location: str, *,
                  middleware: dict[str, flight.ServerMiddlewareFactory] | None = None,
                  **flight_kwargs: Any):
         errors.install_wire_formatting()  # no traceback in any status detail (see errors.py)
@@ -106,10 +108,10 @@ class MosaicoFlightServer(flight.FlightServerBase):
             "topic_notification_list": functools.partial(service.notification_list, "topic"),
             "sequence_notification_purge": functools.partial(service.notification_purge, "sequence"),
             "topic_notification_purge": functools.partial(service.notification_purge, "topic"),
-            "query": self._query,
+            "query": service.query,
         }
-        self._streaming_actions = {"topic_filter_clusterize": self._clusterize,
-                                   "topic_filter_intersect": self._intersect}
+        self._streaming_actions = {"topic_filter_clusterize": service.clusterize,
+                                   "topic_filter_intersect": service.intersect}
 
     # -- permissions --------------------------------------------------------------------------
     @staticmethod
@@ -132,7 +134,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
         if handler is None and streaming is None:
             raise errors.bad_request(f"no available action for string `{errors.shown(name)}`")
         self._require(context, ACTION_PERMISSIONS[name], name)
-        body = parse_json_object(action.body.to_pybytes())
+        body = parse_object(action.body.to_pybytes())
         metrics.annotate(context, rpc=name, resource=body.get("locator") or body.get("name"))
         if streaming is not None:
             return _guard_stream(
@@ -143,29 +145,13 @@ class MosaicoFlightServer(flight.FlightServerBase):
     def list_actions(self, context):
         return [(name, f"mosaicod action {name}") for name in [*self._actions, *self._streaming_actions]]
 
-    def _query(self, body: dict) -> dict:
-        from .query import run_query
-
-        return run_query(self.service.catalog.engine, self.service.store, body)
-
-    def _clusterize(self, body: dict) -> Iterator[dict]:
-        from .query import clusterize
-
-        return clusterize(self.service.catalog.engine, self.service.store, body)
-
-    def _intersect(self, body: dict) -> Iterator[dict]:
-        from .query import intersect
-
-        return intersect(self.service.catalog.engine, self.service.store, body)
-
     # -- uploads ------------------------------------------------------------------------------
     @endpoint("do_put")
     def do_put(self, context, descriptor: flight.FlightDescriptor, reader: flight.MetadataRecordBatchReader,
                writer: flight.FlightMetadataWriter):
         self._require(context, RPC_PERMISSIONS["do_put"])
-        if descriptor.descriptor_type != flight.DescriptorType.CMD:
-            raise errors.bad_request("Unsupported descriptor: expected a command descriptor")
-        upload = self.service.begin_upload(descriptor.command, reader.schema)
+        locator, topic_uuid = descriptors.upload(descriptor)
+        upload = self.service.begin_upload(locator, topic_uuid, reader.schema)
         metrics.annotate(context, resource=upload.topic["locator_name"])
         started = time.monotonic()
         try:
@@ -184,9 +170,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
     @endpoint("get_flight_info")
     def get_flight_info(self, context, descriptor: flight.FlightDescriptor):
         self._require(context, RPC_PERMISSIONS["get_flight_info"])
-        if descriptor.descriptor_type != flight.DescriptorType.CMD:
-            raise errors.bad_request("Unsupported descriptor: expected a command descriptor")
-        res, window = self.service.resolve(descriptor.command)
+        res, window = descriptors.read(descriptor)
         metrics.annotate(context, resource=res.locator)
         if res.kind == "sequence":
             schema, app, endpoints = self.service.sequence_view(res.locator, window)
@@ -202,12 +186,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
     @endpoint("get_schema")
     def get_schema(self, context, descriptor: flight.FlightDescriptor):
         self._require(context, RPC_PERMISSIONS["get_schema"])
-        if descriptor.descriptor_type != flight.DescriptorType.CMD:
-            raise errors.bad_request("Unsupported descriptor: expected a command descriptor")
-        from . import locators
-
-        cmd = parse_json_object(descriptor.command, "command")
-        return flight.SchemaResult(self.service.returned_schema(locators.topic(cmd.get("resource_locator"))))
+        return flight.SchemaResult(self.service.returned_schema(descriptors.schema(descriptor)))
 
     @endpoint("do_get")
     def do_get(self, context, ticket: flight.Ticket):
@@ -226,7 +205,7 @@ class MosaicoFlightServer(flight.FlightServerBase):
         empty = pa.schema([])
         return [flight.FlightInfo(empty, flight.FlightDescriptor.for_path(name),
                                   [flight.FlightEndpoint(name.encode(), [])], -1, -1)
-                for name in self.service.catalog.sequence_names()]
+                for name in self.service.sequence_names()]
 
     def shutdown(self) -> None:
         """Stop serving: reads in progress stop at their next step, then wait for the calls."""

@@ -1,6 +1,7 @@
 """Business logic behind the Flight endpoints: actions, uploads (do_put) and reads.
 
-The server (mosaicod/server.py) only parses the wire format and dispatches here.  Order of
+The server (mosaicod/server.py) only parses the wire format (``wirejson``, ``descriptors``,
+``tickets``) and dispatches here (docs/architecture.md#one-upload).  Order of
 effects: catalog first for creations (so cleanup never sees an unreferenced fresh folder),
 store files right after; deletions commit in the catalog, then mark store folders TO_DELETE.
 """
@@ -16,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, errors, legacy, locators, views
+from . import __version__, errors, legacy, locators, query, views
 from .catalog.repo import Catalog
 from .config import Settings
 from .logs import get as get_logger
@@ -26,7 +27,7 @@ from .store.chunks import (SERIALIZATION_FORMATS, TS, ChunkInfo, ChunkWriter, co
 from .store.objstore import ObjectStore
 from .store.pipeline import BackgroundWriter
 from .tickets import TopicTicket
-from .wirejson import int64, parse_object as parse_json_object  # the one wire JSON parser
+from .wirejson import member
 
 log = get_logger(__name__)
 
@@ -40,19 +41,6 @@ def now_ns() -> int:
 
 # -- request parsing helpers ------------------------------------------------------------------
 
-def field(body: dict, key: str, kind: type | tuple[type, ...] = str, *, optional: bool = False) -> Any:
-    if key not in body or body[key] is None:
-        if optional:
-            return None
-        raise errors.bad_request(f"body deserialization error: missing field `{key}`")
-    value = body[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise errors.bad_request(f"body deserialization error: field `{key}` must be {names}, "
-                                 f"got {type(value).__name__}")
-    return value
-
-
 def _metadata(body: dict) -> Any:
     md = body.get("user_metadata")
     if md is None:
@@ -61,17 +49,6 @@ def _metadata(body: dict) -> Any:
         raise errors.bad_request("body deserialization error: field `user_metadata` must be a JSON object")
     locators.validate_user_metadata(md)
     return md
-
-
-def _window(start: Any, end: Any, names: tuple[str, str] = ("timestamp_ns_start", "timestamp_ns_end")
-            ) -> tuple[int | None, int | None]:
-    for name, v in zip(names, (start, end)):
-        if v is not None and not int64(v):
-            raise errors.bad_request(f"`{name}` must be an integer of nanoseconds between -2^63 and 2^63-1, "
-                                     f"got {errors.shown(v, 40)}")
-    if start is not None and end is not None and start >= end:
-        raise errors.bad_request(f"bad timestamp range: start ({start}) must be lower than end ({end})")
-    return start, end
 
 
 def upload_state(topic) -> str:
@@ -97,8 +74,9 @@ def interval(lo: int | None, hi: int | None) -> dict | None:
     return None if lo is None or hi is None else {"start_ns": int(lo), "end_ns": int(hi)}
 
 
-class Mosaico:
-    """One instance per server process; stateless across calls apart from caches."""
+class Service:
+    """What each action, upload and read does: one instance per server process, holding the
+    settings, the catalog and the store (no other state across calls)."""
 
     def __init__(self, settings: Settings, catalog: Catalog, store: ObjectStore):
         self.settings = settings
@@ -116,7 +94,7 @@ class Mosaico:
                            "grpc_target_encode_message_size": self.settings.target_grpc_encode_message_size}}
 
     def sequence_create(self, body: dict) -> None:
-        locator = locators.sequence(field(body, "locator"))
+        locator = locators.sequence(member(body, "locator"))
         metadata = _metadata(body)
         uuid, folder, created = uuidlib.uuid4(), layout.new_sequence_folder(), now_ns()
         seq_id = self.catalog.create_sequence(locator=locator, uuid=uuid, user_metadata=metadata,
@@ -127,7 +105,7 @@ class Mosaico:
                                   lambda: self.catalog.delete_sequence_row(seq_id))
 
     def session_create(self, body: dict) -> dict:
-        seq = self.catalog.sequence(locators.sequence(field(body, "locator")))
+        seq = self.catalog.sequence(locators.sequence(member(body, "locator")))
         uuid, created = uuidlib.uuid4(), now_ns()
         locator = f"{seq['locator_name']}:{layout.new_ulid()}"
         self.catalog.create_session(sequence_id=seq["sequence_id"], uuid=uuid, locator=locator,
@@ -138,13 +116,13 @@ class Mosaico:
         return {"uuid": str(uuid), "locator": locator}
 
     def topic_create(self, body: dict) -> dict:
-        session_uuid = locators.parse_uuid(field(body, "session_uuid"))
-        locator = locators.topic(field(body, "locator"))
-        fmt = field(body, "serialization_format")
+        session_uuid = locators.parse_uuid(member(body, "session_uuid"))
+        locator = locators.topic(member(body, "locator"))
+        fmt = member(body, "serialization_format")
         if fmt not in SERIALIZATION_FORMATS:
             raise errors.bad_request(f"invalid serialization format `{errors.shown(fmt, 40)}` "
                                      f"(expected one of {', '.join(SERIALIZATION_FORMATS)})")
-        tag = field(body, "ontology_tag")
+        tag = member(body, "ontology_tag")
         if (not tag or len(tag) > MAX_ONTOLOGY_TAG or not tag.isascii() or "." in tag
                 or any(c.isspace() for c in tag)):
             raise errors.bad_request(f"invalid ontology tag `{errors.shown(tag, 80)}`: must be non-empty ASCII "
@@ -157,7 +135,7 @@ class Mosaico:
         return {"uuid": str(uuid)}
 
     def session_finalize(self, body: dict) -> None:
-        session_uuid = locators.parse_uuid(field(body, "session_uuid"))
+        session_uuid = locators.parse_uuid(member(body, "session_uuid"))
         completed = now_ns()
         sess = self.catalog.finalize_session(session_uuid, completed)
         self.store.put_json(layout.session_key(sess["sequence_folder"], sess["locator_name"]),
@@ -166,34 +144,34 @@ class Mosaico:
                                                completed_at_ns=completed))
 
     def session_delete(self, body: dict) -> None:
-        locator = locators.session(field(body, "locator"))
+        locator = locators.session(member(body, "locator"))
         sess, folders = self.catalog.delete_session(locator)
         self.store.delete(layout.session_key(sess["sequence_folder"], locator))
         self._mark_deleted(folders)
 
     def sequence_delete(self, body: dict) -> None:
-        locator = locators.sequence(field(body, "locator"))
+        locator = locators.sequence(member(body, "locator"))
         folders = self.catalog.delete_sequence(locator)
         if folders is None:
             raise errors.not_found(f"Sequence `{locator}`")
         self._mark_deleted(folders)
 
     def topic_delete(self, body: dict) -> None:
-        folder = self.catalog.delete_topic(locators.topic(field(body, "locator")))
+        folder = self.catalog.delete_topic(locators.topic(member(body, "locator")))
         self._mark_deleted([folder] if folder else [])
 
     def _notification_owner(self, kind: str, body: dict) -> int:
         if kind == "sequence":
-            return self.catalog.sequence(locators.sequence(field(body, "locator")))["sequence_id"]
-        return self.catalog.topic(locators.topic(field(body, "locator")))["topic_id"]
+            return self.catalog.sequence(locators.sequence(member(body, "locator")))["sequence_id"]
+        return self.catalog.topic(locators.topic(member(body, "locator")))["topic_id"]
 
     def notification_create(self, kind: str, body: dict) -> None:
         owner = self._notification_owner(kind, body)
-        ntype = field(body, "notification_type")
+        ntype = member(body, "notification_type")
         if ntype not in NOTIFICATION_TYPES:
             raise errors.bad_request(f"invalid notification type `{errors.shown(ntype, 40)}` "
                                      f"(expected one of {', '.join(NOTIFICATION_TYPES)})")
-        msg = field(body, "msg")
+        msg = member(body, "msg")
         self.catalog.add_notification(kind, owner, ntype, msg, now_ns())
 
     def notification_list(self, kind: str, body: dict) -> dict:
@@ -214,6 +192,20 @@ class Mosaico:
         self.catalog.purge_notifications(kind, self._notification_owner(kind, body))
 
     # ------------------------------------------------------------------------------------------
+    # queries (docs/query.md)
+    def query(self, body: dict) -> dict:
+        return query.run_query(self.catalog.engine, self.store, body)
+
+    def clusterize(self, body: dict) -> Iterator[dict]:
+        return query.clusterize(self.catalog.engine, self.store, body)
+
+    def intersect(self, body: dict) -> Iterator[dict]:
+        return query.intersect(self.catalog.engine, self.store, body)
+
+    def sequence_names(self) -> list[str]:
+        return self.catalog.sequence_names()
+
+    # ------------------------------------------------------------------------------------------
     # store helpers
     def _store_write_or_undo(self, key: str, doc: Any, undo: Callable[[], Any]) -> None:
         try:
@@ -231,10 +223,8 @@ class Mosaico:
 
     # ------------------------------------------------------------------------------------------
     # uploads
-    def begin_upload(self, command: bytes, schema: pa.Schema) -> "Upload":
-        cmd = parse_json_object(command, "command")
-        locator = locators.topic(field(cmd, "resource_locator"))
-        topic_uuid = locators.parse_uuid(field(cmd, "topic_uuid"))
+    def begin_upload(self, locator: str, topic_uuid: uuidlib.UUID, schema: pa.Schema) -> "Upload":
+        """Claim an empty topic for one DoPut stream with this schema."""
         idx = schema.get_field_index(TS)
         if idx < 0:
             raise errors.bad_request("missing timestamp field in schema: a `timestamp_ns` int64 column is required")
@@ -262,12 +252,6 @@ class Mosaico:
 
     # ------------------------------------------------------------------------------------------
     # reads
-    def resolve(self, command: bytes):
-        cmd = parse_json_object(command, "command")
-        res = locators.resource(field(cmd, "resource_locator"))
-        window = _window(cmd.get("timestamp_ns_start"), cmd.get("timestamp_ns_end"))
-        return res, window
-
     @staticmethod
     def topic_schema(topic) -> pa.Schema:
         raw = topic["arrow_schema"]
@@ -393,7 +377,7 @@ class Mosaico:
 class Upload:
     """One DoPut stream: batches go to rolling Parquet chunks, each indexed as it closes."""
 
-    def __init__(self, service: Mosaico, topic, folder: str, schema: pa.Schema):
+    def __init__(self, service: Service, topic, folder: str, schema: pa.Schema):
         self.service = service
         self.topic = topic
         self.folder = folder

@@ -247,5 +247,20 @@ def _has_long_run(text: str) -> bool:
 _BIG_NUMBER = re.compile(r"(?<![0-9])[0-9]{300}|[eE][+-]?[0-9]{3}")
 
 
+def member(obj: dict, key: str, kind: type | tuple[type, ...] = str, *, optional: bool = False) -> Any:
+    """``obj[key]`` checked to be a ``kind`` (bool is not an int); a missing or null member is
+    refused unless ``optional`` (then None)."""
+    if key not in obj or obj[key] is None:
+        if optional:
+            return None
+        raise errors.bad_request(f"body deserialization error: missing field `{key}`")
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise errors.bad_request(f"body deserialization error: field `{key}` must be {names}, "
+                                 f"got {type(value).__name__}")
+    return value
+
+
 def int64(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX

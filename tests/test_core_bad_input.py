@@ -242,8 +242,7 @@ def test_upload_write_refuses_a_batch_with_another_schema(raw_client, server, st
     client can put such a batch on the wire (see the test above)."""
     sess, tid = new_topic(raw_client, "mid2", "t")
     service = server.flight.service
-    upload = service.begin_upload(json.dumps({"resource_locator": "mid2/t", "topic_uuid": tid}).encode(),
-                                  SCHEMA)
+    upload = service.begin_upload("mid2/t", uuid.UUID(tid), SCHEMA)
     upload.write(batch([1, 2]))
     other = pa.schema([pa.field("timestamp_ns", pa.int64()), pa.field("data", pa.string())])
     with pytest.raises(errors.MosaicoError, match="batch schema differs") as info:

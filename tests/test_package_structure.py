@@ -13,9 +13,6 @@ PACKAGE = ROOT / "mosaicod"
 ALLOWED_LOCAL = {
     # `from .. import migrations`: shipped as mosaicod.migrations, or ./migrations in a checkout
     ("mosaicod.catalog.db", "mosaicod"),
-    # the endpoints' late imports, moved when the query actions get their own entry point
-    ("mosaicod.server", "mosaicod.query"),
-    ("mosaicod.server", "mosaicod.locators"),
 }
 
 

@@ -136,7 +136,7 @@ class Catalog:
             conn.execute(sequence_t.delete().where(sequence_t.c.sequence_id == sequence_id))
 
     def sequence(self, locator: str, conn: Connection | None = None) -> RowMapping:
-        row = self._one(conn, sa.select(sequence_t).where(sequence_t.c.locator_name == locator))
+        row = self._first_row(conn, sa.select(sequence_t).where(sequence_t.c.locator_name == locator))
         if row is None:
             raise errors.not_found(f"Sequence `{locator}`")
         return row
@@ -277,7 +277,7 @@ class Catalog:
                 .join(sequence_t, sequence_t.c.sequence_id == topic_t.c.sequence_id))
 
     def topic(self, locator: str, conn: Connection | None = None) -> RowMapping:
-        row = self._one(conn, self._topic_query().where(topic_t.c.locator_name == locator))
+        row = self._first_row(conn, self._topic_query().where(topic_t.c.locator_name == locator))
         if row is None:
             raise errors.not_found(f"Topic `{locator}`")
         return row
@@ -457,7 +457,7 @@ class Catalog:
         return topic_notification_t, "topic_id", "topic_notification_uuid"
 
     # -- helpers ------------------------------------------------------------------------------
-    def _one(self, conn: Connection | None, query: sa.Select) -> RowMapping | None:
+    def _first_row(self, conn: Connection | None, query: sa.Select) -> RowMapping | None:
         if conn is not None:
             return conn.execute(query).mappings().first()
         with self._read() as c:
