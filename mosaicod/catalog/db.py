@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -109,8 +110,6 @@ def ping_when_idle(engine: Engine, idle_s: float = PING_AFTER_IDLE_S) -> None:
     checks out ~25 connections (``py-spy``: a quarter of the catalog wait of a small sequence).
     A connection used moments ago is alive; one that sat idle (PostgreSQL restarted, a proxy
     dropped it) is pinged, and replaced when dead (the pool retries the checkout)."""
-    import time
-
     @sa.event.listens_for(engine, "checkin")
     def _checked_in(dbapi_conn, record):  # noqa: ANN001 - SQLAlchemy event signature
         record.info["idle_since"] = time.monotonic()
