@@ -46,3 +46,22 @@ def test_single_reads_run_outside_a_transaction(engine):
     cat = Catalog(engine)
     with cat._read() as conn:
         assert conn.execute(sa.text("SELECT now() = statement_timestamp()")).scalar_one() is True
+
+
+def test_a_failing_session_step_leaves_nothing_and_the_connection_reusable(engine):
+    cat = Catalog(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE step_probe (x int PRIMARY KEY)"))
+    with pytest.raises(sa.exc.IntegrityError):
+        with cat._session_step() as conn:
+            conn.execute(sa.text("INSERT INTO step_probe VALUES (1)"))
+            conn.execute(sa.text("INSERT INTO step_probe VALUES (1)"))  # duplicate: the step fails
+    with pytest.raises(RuntimeError):
+        with cat._session_step() as conn:
+            conn.execute(sa.text("INSERT INTO step_probe VALUES (2)"))
+            raise RuntimeError("a check refused the change")
+    with cat._session_step() as conn:
+        conn.execute(sa.text("INSERT INTO step_probe VALUES (3)"))
+    with cat._read() as conn:
+        assert conn.execute(sa.text("SELECT array_agg(x) FROM step_probe")).scalar_one() == [3]
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"

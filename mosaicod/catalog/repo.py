@@ -43,7 +43,7 @@ def _clear(conn: Connection, change_id: int | None) -> None:
         conn.execute(pending_change_t.delete().where(pending_change_t.c.change_id == change_id))
 
 
-_ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO off")
+_BEGIN_ASYNC_COMMIT = "BEGIN; SET LOCAL synchronous_commit TO off"
 
 
 def _unique_violation(exc: sa.exc.IntegrityError) -> bool:
@@ -111,10 +111,20 @@ class Catalog:
 
     @contextlib.contextmanager
     def _session_step(self) -> Iterator[Connection]:
-        """A transaction of a writing session that does not wait for the WAL flush (module doc)."""
-        with self.engine.begin() as conn:
-            conn.execute(_ASYNC_COMMIT)
-            yield conn
+        """A transaction of a writing session that does not wait for the WAL flush (module doc).
+        Its BEGIN and the setting go in one round trip (an autocommit connection whose
+        transaction is ours to open and end)."""
+        with self._read() as conn:
+            conn.exec_driver_sql(_BEGIN_ASYNC_COMMIT)
+            try:
+                yield conn
+            except BaseException:
+                try:
+                    conn.exec_driver_sql("ROLLBACK")
+                except Exception:  # noqa: BLE001 - the connection is gone: never reuse it
+                    conn.invalidate()
+                raise
+            conn.exec_driver_sql("COMMIT")
 
     # -- sequences ----------------------------------------------------------------------------
     def create_sequence(self, *, locator: str, uuid: uuidlib.UUID, user_metadata: Any,
