@@ -17,6 +17,9 @@ connected client, so both see the same machine conditions.  Phases per sequence:
 * push: the 300 ``push`` calls (client work only: batches go out at exit);
 * writer exit: the ``with`` block's exit (streams flushed and closed, session finalized).
 
+With ``--baseline REV`` the server of that git revision runs too (third in each round), and its
+total is printed for comparison.
+
 Server-added = percentile over mosaicod's sequences - the same percentile over the no-op
 server's.  Targets: total p50 <= 5 ms and p95 <= 15 ms.
 """
@@ -102,6 +105,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="15 sequences per server")
     ap.add_argument("-n", type=int, help="sequences per server (default 60, 15 with --quick)")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also run the server of this git revision (e.g. c5ebffd, before issue 14) side by side")
     ap.add_argument("--tmp-dir", help="where temp data goes (default: system temp dir)")
     args = ap.parse_args(argv)
     n = args.n or (15 if args.quick else 60)
@@ -112,12 +117,17 @@ def main(argv=None) -> int:
     msgs = messages(MESSAGES)
     with tempfile.TemporaryDirectory(prefix="mosaicod-bench-small-", dir=args.tmp_dir) as tmp:
         workdir = Path(tmp)
-        ours, noop = Mosaicod(workdir, "small"), None
+        ours, noop, base = Mosaicod(workdir, "small"), None, None
         clients = {}
         try:
             noop = Noop(workdir)
             clients = {"mosaicod": MosaicoClient.connect("127.0.0.1", ours.port, timeout=30),
                        "no-op": MosaicoClient.connect("127.0.0.1", noop.port, timeout=30)}
+            if args.baseline:
+                from bench_image import checkout
+
+                base = Mosaicod(workdir, "baseline", code_dir=checkout(args.baseline, workdir / "baseline-code"))
+                clients[args.baseline] = MosaicoClient.connect("127.0.0.1", base.port, timeout=30)
             times: dict[str, list[dict[str, float]]] = {k: [] for k in clients}
             for k, c in clients.items():  # warm-up (first calls, imports, connections)
                 for i in range(3):
@@ -130,6 +140,8 @@ def main(argv=None) -> int:
                 c.close()
             if noop is not None:
                 noop.close()
+            if base is not None:
+                base.close()
             ours.close()
 
     print()
@@ -150,6 +162,11 @@ def main(argv=None) -> int:
             verdict = f"p50 <= 5, p95 <= 15 {'OK' if ok else 'MISS'}"
         print(f"{phase:20} {pct(z, 50):10.1f} {pct(z, 95):7.1f} {pct(o, 50):13.1f} {pct(o, 95):7.1f} "
               f"{a50:10.1f} {a95:7.1f}  {verdict}")
+    if args.baseline:
+        b = [t["total"] for t in times[args.baseline]]
+        z = [t["total"] for t in times["no-op"]]
+        print(f"{args.baseline + ' (baseline) total':20} {'':10} {'':7} {pct(b, 50):13.1f} {pct(b, 95):7.1f} "
+              f"{pct(b, 50) - pct(z, 50):10.1f} {pct(b, 95) - pct(z, 95):7.1f}  (info)")
     print(f"load average at start: {load0}; at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

@@ -86,10 +86,11 @@ def insert_chunk_rows(conn: Connection, *, topic_id: int, ontology_tag: str, dat
     for name, cs in stats.items():
         row = {"column_id": ids[name], "chunk_id": chunk_id, **cs.row()}
         (numeric if cs.kind == "numeric" else textual).append(row)
+    # one multi-row INSERT per table: one round trip (an executemany costs a pipeline sync)
     if numeric:
-        conn.execute(column_chunk_numeric_t.insert(), numeric)
+        conn.execute(column_chunk_numeric_t.insert().values(numeric))
     if textual:
-        conn.execute(column_chunk_textual_t.insert(), textual)
+        conn.execute(column_chunk_textual_t.insert().values(textual))
     return chunk_id
 
 
