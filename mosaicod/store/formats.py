@@ -52,19 +52,8 @@ def is_binary(t: pa.DataType) -> bool:
 
 
 def _binary_paths(schema: pa.Schema) -> list[str]:
-    """Dotted Parquet column paths of the binary leaves outside lists (``data``, ``a.b``)."""
-    out: list[str] = []
-
-    def walk(t: pa.DataType, path: str) -> None:
-        if pa.types.is_struct(t):
-            for i in range(t.num_fields):
-                walk(t.field(i).type, f"{path}.{t.field(i).name}")
-        elif is_binary(t):
-            out.append(path)
-
-    for f in schema:
-        walk(f.type, f.name)
-    return out
+    """Dotted Parquet column paths of the binary leaves outside lists and maps (``data``, ``a.b``)."""
+    return [path for path, t, repeated in _leaves(schema) if is_binary(t) and not repeated]
 
 
 def _leaf_column(table: pa.Table, path: str) -> pa.Array:
@@ -135,21 +124,26 @@ def parquet_options(schema: pa.Schema, serialization_format: str, sample: pa.Tab
 
 
 def _leaf_paths(schema: pa.Schema) -> list[str]:
-    """Dotted paths of every Parquet leaf column (lists: the path of the list field)."""
-    out: list[str] = []
+    """Dotted paths of every Parquet leaf column."""
+    return [path for path, _t, _repeated in _leaves(schema)]
 
-    def walk(t: pa.DataType, path: str) -> None:
+
+def _leaves(schema: pa.Schema) -> list[tuple[str, pa.DataType, bool]]:
+    """(Parquet column path, type, inside a list or map) of every leaf column."""
+    out: list[tuple[str, pa.DataType, bool]] = []
+
+    def walk(t: pa.DataType, path: str, repeated: bool) -> None:
         if pa.types.is_struct(t):
             for i in range(t.num_fields):
-                walk(t.field(i).type, f"{path}.{t.field(i).name}")
+                walk(t.field(i).type, f"{path}.{t.field(i).name}", repeated)
         elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-            walk(t.value_type, f"{path}.list.element")  # Parquet's compliant list layout
+            walk(t.value_type, f"{path}.list.element", True)  # Parquet's compliant list layout
         elif pa.types.is_map(t):
-            walk(t.key_type, f"{path}.key_value.key")
-            walk(t.item_type, f"{path}.key_value.value")
+            walk(t.key_type, f"{path}.key_value.key", True)
+            walk(t.item_type, f"{path}.key_value.value", True)
         else:
-            out.append(path)
+            out.append((path, t, repeated))
 
     for f in schema:
-        walk(f.type, f.name)
+        walk(f.type, f.name, False)
     return out
