@@ -22,10 +22,10 @@ from .catalog.repo import Catalog
 from .config import Settings
 from .logs import get as get_logger
 from .store import layout
-from .store.chunks import (SERIALIZATION_FORMATS, TS, ChunkInfo, ChunkWriter, commit_doc_for, open_parquet,
-                           read_topic)
+from .store.chunks import SERIALIZATION_FORMATS, TS, ChunkInfo, ChunkWriter, commit_doc_for, open_parquet
 from .store.objstore import ObjectStore
 from .store.pipeline import BackgroundWriter
+from .store.reader import read_topic
 from .tickets import TopicTicket
 from .wirejson import member
 

@@ -19,7 +19,8 @@ from mosaicod import errors
 from mosaicod.maintenance.decode import decode_file
 from mosaicod.maintenance.rebuild import Options, run
 from mosaicod.store import layout
-from mosaicod.store.chunks import ChunkWriter, read_topic
+from mosaicod.store.chunks import ChunkWriter
+from mosaicod.store.reader import read_topic
 from mosaicod.store.objstore import ObjectStore
 from mosaicod.store.stats import Order
 
@@ -368,3 +369,44 @@ def test_sdk_reads_of_shuffled_topics_topic_and_sequence_level(make_settings, st
             assert [t for t, _ in merged] == [t for t, _ in want] and sorted(merged) == want, (start, end)
     finally:
         sdk.close()
+
+
+@pytest.mark.parametrize("fan_in", [2, 3])
+def test_bounded_fan_in_merges_through_spill_files(store, tmp_path, monkeypatch, fan_in):
+    """More overlapping runs than the fan-in: groups are merged into temporary files first; never
+    more than ``fan_in`` runs are read at once, answers stay exact, temporary files are removed
+    (also when the reader is dropped half-way)."""
+    from mosaicod.store import reader as reader_mod
+
+    spill_root = tmp_path / "spill"
+    spill_root.mkdir()
+    monkeypatch.setattr(reader_mod.tempfile, "tempdir", str(spill_root))
+    opened: list = []
+    real_open = reader_mod._Reader.open
+
+    def counting_open(self, run):
+        cursor = real_open(self, run)
+        opened.append(cursor)
+        assert sum(not c.done for c in opened) <= fan_in, "more runs read at once than the fan-in"
+        return cursor
+
+    monkeypatch.setattr(reader_mod._Reader, "open", counting_open)
+    for kind in ("shuffled", "duplicates"):
+        batches = orders(kind, n_batches=30, per=1000)
+        chunks = write_chunks(store, batches, folder=f"tp_{kind}", row_group_bytes=32 * 1024)
+        files = [(c.data_file, c.stats.ts_order) for c in chunks]
+        assert sum(pq.ParquetFile(store.local_path(c.data_file)).num_row_groups for c in chunks) > 4 * fan_in
+        all_ts = np.sort(pa.Table.from_batches(batches).column("timestamp_ns").to_numpy())
+        mid = int(all_ts[len(all_ts) // 2])
+        for start, end in [(None, None), (mid, mid + 3000), (mid, None), (int(all_ts[-1]), None)]:
+            opened.clear()
+            out = list(read_topic(store, files, SCHEMA, start, end, batch_rows=700, fan_in=fan_in))
+            assert got(pa.Table.from_batches(out, schema=SCHEMA)) == expected(batches, start, end), (kind, start, end)
+            if start is None:  # every row group overlaps: merged into spill files, read back
+                assert len(opened) > 2 * len(files)
+            assert list(spill_root.iterdir()) == []
+        it = read_topic(store, files, SCHEMA, batch_rows=700, fan_in=fan_in)
+        next(it)
+        assert list(spill_root.iterdir()) != []  # spilled before the first batch
+        it.close()
+        assert list(spill_root.iterdir()) == []

@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mosaicod.store import layout
-from mosaicod.store.chunks import ChunkWriter, read_topic
+from mosaicod.store.chunks import ChunkWriter
+from mosaicod.store.reader import read_topic
 from mosaicod.store.objstore import ObjectStore
 from mosaicod.store.stats import NUMERIC_EMPTY, ChunkStats
 

@@ -37,9 +37,10 @@ from ..catalog import optimization
 from ..catalog.optimization import Lease
 from ..catalog.repo import Catalog
 from ..store import layout
-from ..store.chunks import ChunkInfo, ChunkWriter, commit_doc_for, read_topic
-from ..store.stats import Order
+from ..store.chunks import ChunkInfo, ChunkWriter, commit_doc_for
 from ..store.objstore import ObjectStore
+from ..store.reader import read_topic
+from ..store.stats import Order
 from .faults import crash_point
 
 log = logs.get(__name__)

@@ -2,7 +2,7 @@
 (docs/query.md#temporal-refinement-actions).
 
 A topic's rows are streamed in ascending ``timestamp_ns`` order by
-``store.chunks.read_topic`` (only chunks that can match — statistics pruning and the time window
+``store.reader.read_topic`` (only chunks that can match — statistics pruning and the time window
 — are opened), the ontology predicate keeps matching rows, and consecutive matching timestamps
 ``t_prev, t`` share a cluster iff ``t - t_prev <= clustering_dt_ns`` (0 = one cluster).  Clusters
 are yielded as soon as they close; nothing is held but the current batch.  Intersect walks the
@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from .. import errors, locators
 from ..errors import shown
 from ..catalog.tables import topic_t
-from ..store.chunks import TS, read_topic
+from ..store.chunks import TS
 from ..store.objstore import ObjectStore
+from ..store.reader import read_topic
 from . import prune, sql
 from .engine import BATCH_ROWS, compile_for_schemas
 from .parse import INT64_MAX, INT64_MIN, OntoFilter, bad, kind_of, parse_ontology_filters
