@@ -275,9 +275,10 @@ def test_foreign_unsorted_chunk_after_rebuild_reads_exactly(rc, small_server):
 def test_server_stops_a_read_when_the_client_cancels_and_on_shutdown(make_settings, start_server):
     srv = start_server(make_settings(**SMALL, max_batch_size=64))
     c = flight.FlightClient(srv.location)
-    sess, tid = new_topic(c, "big", "t")
-    put_batches(c, "big/t", tid, orders("shuffled", n_batches=40, per=2000))
-    act(c, "session_finalize", {"session_uuid": sess})
+    for kind in ("ordered", "shuffled"):
+        sess, tid = new_topic(c, kind, "t")
+        put_batches(c, f"{kind}/t", tid, orders(kind, n_batches=40, per=2000))
+        act(c, "session_finalize", {"session_uuid": sess})
     steps = []
     service = srv.flight.service
     real_read = service.read
@@ -289,19 +290,28 @@ def test_server_stops_a_read_when_the_client_cancels_and_on_shutdown(make_settin
         return real_read(ticket, watched)
 
     service.read = spy_read
-    info = c.get_flight_info(flight.FlightDescriptor.for_command(b'{"resource_locator": "big/t"}'))
-    c.do_get(info.endpoints[0].ticket).read_all()
-    full = len(steps)
-    steps.clear()
-    reader = c.do_get(info.endpoints[0].ticket)
-    reader.read_chunk()
-    reader.cancel()
-    time.sleep(1)
-    seen = len(steps)
-    time.sleep(1)
-    assert len(steps) == seen < full / 2, "the server kept reading after the client cancelled"
+
+    def ticket(kind):
+        cmd = json.dumps({"resource_locator": f"{kind}/t"}).encode()
+        return c.get_flight_info(flight.FlightDescriptor.for_command(cmd)).endpoints[0].ticket
+
+    for kind, first_batch in (("ordered", True), ("shuffled", False)):
+        steps.clear()
+        c.do_get(ticket(kind)).read_all()
+        full = len(steps)
+        steps.clear()
+        reader = c.do_get(ticket(kind))
+        if first_batch:
+            reader.read_chunk()
+        else:
+            time.sleep(0.05)  # cancelled while the server still sorts the topic's row groups
+        reader.cancel()
+        time.sleep(1)
+        seen = len(steps)
+        time.sleep(1)
+        assert len(steps) == seen < full / 2, f"{kind}: the server kept reading after the client cancelled"
     # shutdown while a client holds an open read it does not consume: the server still stops
-    reader = c.do_get(info.endpoints[0].ticket)
+    reader = c.do_get(ticket("ordered"))
     reader.read_chunk()
     done = threading.Event()
     threading.Thread(target=lambda: (srv.flight.shutdown(), done.set()), daemon=True).start()
