@@ -94,10 +94,11 @@ def write_chunks(store, batches, folder="tp_T", **kw):
     return w.close()
 
 
-def foreign_file(store, key: str, ts: list[int], row_group_rows: int) -> None:
+def foreign_file(store, key: str, ts: list[int], row_group_rows: int, table: pa.Table | None = None) -> None:
     """A Parquet file as another writer makes it: rows in arrival order, nothing sorted."""
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_batches([rows(ts)]), sink, row_group_size=row_group_rows)
+    pq.write_table(table if table is not None else pa.Table.from_batches([rows(ts)]), sink,
+                   row_group_size=row_group_rows)
     store.put_bytes(key, sink.getvalue().to_pybytes())
 
 
@@ -232,17 +233,18 @@ def test_any_arrival_order_exact_answers_over_flight(rc, small_server):
             assert got(read_window(rc, f"{kind}/t", start, end)) == expected(batches, start, end), (kind, start, end)
 
 
-def add_foreign_chunk(store, folder: str, ts: list[int], row_group_rows: int) -> None:
+def add_foreign_chunk(store, folder: str, ts: list[int], row_group_rows: int, table: pa.Table | None = None) -> str:
     """Drop an upstream-style data file (unsorted row groups) into a finalized topic, listed in its
     _COMMIT.json as if it had always been there."""
     commit = store.get_json(layout.commit_key(folder))
     index = len(commit["files"])
     key = layout.data_key(folder, index)
-    foreign_file(store, key, ts, row_group_rows)
+    foreign_file(store, key, ts, row_group_rows, table)
     commit["files"].append({"name": layout.data_file_name(index), "size_bytes": store.size(key),
                             "row_count": len(ts), "arrow_size_bytes": rows(ts).nbytes})
     commit["row_count"] += len(ts)
     store.put_json(layout.commit_key(folder), commit)
+    return key
 
 
 @pytest.mark.timeout(300)
@@ -320,22 +322,32 @@ def test_server_stops_a_read_when_the_client_cancels_and_on_shutdown(make_settin
 
 
 def test_null_timestamps_are_refused_and_nothing_stored(rc, small_server):
-    sess, tid = new_topic(rc, "nulls", "t")
+    """A batch with null timestamps is refused with INVALID_ARGUMENT and none of its rows is stored:
+    first batch of a stream, or after good batches (those are kept, as for any broken upload)."""
+    nullable = SCHEMA.remove(0).insert(0, pa.field("timestamp_ns", pa.int64(), nullable=True))
     bad = pa.record_batch([pa.array([1, None, 3], pa.int64()), pa.array([1.0, 2.0, 3.0]),
-                           pa.array(["a", "b", "c"])], schema=SCHEMA.remove(0).insert(0, pa.field(
-                               "timestamp_ns", pa.int64(), nullable=True)))
-    desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "nulls/t", "topic_uuid": tid}).encode())
-    writer, _ = rc.do_put(desc, bad.schema)
-    with pytest.raises(pa.ArrowInvalid, match="null `timestamp_ns`"):
-        writer.write_batch(bad)
-        writer.close()
-    with small_server.runtime.engine.connect() as conn:
-        n = conn.execute(sa.text("SELECT count(*) FROM chunk_t c JOIN topic_t t USING (topic_id) "
-                                 "WHERE t.locator_name = 'nulls/t'")).scalar_one()
-        folder = conn.execute(sa.text("SELECT path_in_store FROM topic_t WHERE locator_name = 'nulls/t'")).scalar()
-    assert n == 0
-    if folder:
-        assert not [k for k, _ in small_server.runtime.store.walk_files(folder) if k.endswith(".parquet")]
+                           pa.array(["a", "b", "c"])], schema=nullable)
+    good = pa.record_batch(rows(np.arange(100, 200)).columns, schema=nullable)
+    for name, before in (("first", []), ("later", [good])):
+        sess, tid = new_topic(rc, name, "t")
+        desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": f"{name}/t",
+                                                               "topic_uuid": tid}).encode())
+        writer, _ = rc.do_put(desc, nullable)
+        with pytest.raises(pa.ArrowInvalid, match="null `timestamp_ns`"):
+            for b in before:
+                writer.write_batch(b)
+            writer.write_batch(bad)
+            writer.close()
+        with small_server.runtime.engine.connect() as conn:
+            n = conn.execute(sa.text("SELECT coalesce(sum(c.row_count), 0) FROM chunk_t c JOIN topic_t t "
+                                     "USING (topic_id) WHERE t.locator_name = :l"), {"l": f"{name}/t"}).scalar_one()
+            folder = conn.execute(sa.text("SELECT path_in_store FROM topic_t WHERE locator_name = :l"),
+                                  {"l": f"{name}/t"}).scalar()
+        assert n == sum(b.num_rows for b in before)
+        if not before and folder:
+            assert not [k for k, _ in small_server.runtime.store.walk_files(folder) if k.endswith(".parquet")]
+        if before:
+            assert read_window(rc, f"{name}/t").column("timestamp_ns").to_pylist() == list(range(100, 200))
 
 
 @pytest.mark.timeout(300)
@@ -420,3 +432,29 @@ def test_bounded_fan_in_merges_through_spill_files(store, tmp_path, monkeypatch,
         assert list(spill_root.iterdir()) != []  # spilled before the first batch
         it.close()
         assert list(spill_root.iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+def test_rebuild_refuses_a_foreign_chunk_with_null_timestamps_and_clusterize_works(rc, small_server):
+    """A foreign chunk whose timestamp_ns holds nulls is reported by rebuild-catalog and not indexed
+    (it was indexed before, and topic_filter_clusterize then failed on the topic)."""
+    sess, tid = new_topic(rc, "holes", "t")
+    ours = [rows(np.arange(i * 500, (i + 1) * 500) * 10) for i in range(4)]
+    put_batches(rc, "holes/t", tid, ours)
+    act(rc, "session_finalize", {"session_uuid": sess})
+    srv = small_server
+    with srv.runtime.engine.connect() as conn:
+        folder = conn.execute(sa.text("SELECT path_in_store FROM topic_t WHERE locator_name = 'holes/t'")).scalar_one()
+    holes = pa.table({"timestamp_ns": pa.array([5, None, 7], pa.int64()), "v": [1.0, 2.0, 3.0],
+                      "tag": ["a", "b", "c"]})
+    key = add_foreign_chunk(srv.runtime.store, folder, [5, 0, 7], 3, table=holes)
+    rep = run(srv.runtime.store, srv.runtime.engine, Options(progress=False, heartbeat_interval=60))
+    assert [(p["kind"], p["where"]) for p in rep.problems if p["kind"] == "null-timestamps"] == [("null-timestamps", key)]
+    with srv.runtime.engine.connect() as conn:
+        indexed = conn.execute(sa.text("SELECT data_file FROM chunk_t")).scalars().all()
+    assert key not in indexed and len(indexed) >= 1
+    assert got(read_window(rc, "holes/t")) == expected(ours)
+    body = {"locator": "holes/t", "clustering_dt_ns": 10, "ontology": {"Floating64.v": {"$geq": 0}}}
+    out = [json.loads(r.body.to_pybytes())["response"] for r in rc.do_action(
+        flight.Action("topic_filter_clusterize", json.dumps(body).encode()), OPTS)]
+    assert [o["ts"] for o in out] == [{"start_ns": 0, "end_ns": 19_990}]

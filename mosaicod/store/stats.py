@@ -224,7 +224,7 @@ class ChunkStats:
     ts_nulls: int = 0  # rows whose timestamp_ns is null
     columns: dict[str, ColumnStats] = field(default_factory=dict)
     _leaves: list[Leaf] = field(default_factory=list)
-    _order: "OrderCheck" = field(default_factory=lambda: OrderCheck())
+    _order: OrderCheck = field(default_factory=OrderCheck)
 
     def __post_init__(self) -> None:
         self._leaves = leaves(self.schema)
