@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
-    ok = all(res[k][op][-1] <= TARGET * res["ordered"][op][-1] for k in KINDS[1:] for op in ("read", "window", "optimize"))
+    ops = ("read", "window") if args.quick else ("read", "window", "optimize")
+    ok = all(res[k][op][-1] <= TARGET * res["ordered"][op][-1] for k in KINDS[1:] for op in ops)
     return 0 if ok else 1
 
 
@@ -146,11 +147,16 @@ def render(res: dict, data: ImuData, started: float, quick: bool) -> str:
             nbytes = r[1] if op != "optimize" else data.total_bytes
             ratio = peak / base
             verdict = "" if kind == "ordered" else (f"<= {TARGET}x " + ("OK" if ratio <= TARGET else "MISSED"))
+            if quick and op == "optimize" and kind != "ordered":
+                verdict = "(no target with --quick)"
             lines.append(f"{title:<30}{kind:>10}{secs:9.2f}{mbs(nbytes, secs)}{mb(peak):>10}{ratio:11.2f}x  {verdict}")
     lines += ["", f"{'after the optimizer':<30}{'arrival':>10}{'seconds':>9}{'MB/s':>9}{'peak RSS':>10}", "-" * 90]
     for kind in KINDS:
         secs, nbytes, _, peak = res[kind]["read_after"]
         lines.append(f"{'read whole topic':<30}{kind:>10}{secs:9.2f}{mbs(nbytes, secs)}{mb(peak):>10}")
+    if quick:
+        lines += ["", "--quick: the in-order topic is one sorted chunk, which the optimizer only flags as optimized; "
+                      "its optimizer row is no baseline."]
     lines += ["", "upload seconds (information): " + ", ".join(f"{k} {res[k]['put_s']:.1f}" for k in KINDS),
               "idle RSS of each fresh server: " + ", ".join(f"{k} {mb(res[k]['idle'])}" for k in KINDS),
               "peak RSS: of `mosaicod serve` for read and window (a fresh process per topic; max of psutil samples every "

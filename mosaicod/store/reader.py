@@ -13,9 +13,10 @@ Overlapping runs (out-of-order uploads, clock jitter, several producers) are mer
 merge that keeps open only the runs overlapping the current position, so memory is bounded by the
 number of runs that overlap one instant, which the plan bounds whatever the arrival order:
 
-* up to ``PARQUET_FAN_IN`` (4) sorted row groups are merged straight from Parquet, each through a
-  small buffered reader (a Parquet reader holds a page, often a dictionary page, per column:
-  ~2 MiB per column, so only a few at once);
+* two sorted row groups (``PARQUET_FAN_IN``; clock jitter, the seam between two producers) are
+  merged straight from Parquet, each through a small buffered reader (a Parquet reader holds a
+  page, often a dictionary page too, per column: ~2 MiB per column, 25-35 MB for an IMU row
+  group; an in-order read holds one whole row group, ~65 MB);
 * beyond that, each row group of the component is first copied, sorted, into a temporary Arrow
   IPC file of ~1 MiB batches (one row group at a time: the memory of an in-order read), in the
   system temp directory (``TMPDIR``; the files are deleted as they are consumed and when the read
@@ -47,7 +48,7 @@ from .stats import Order
 log = logs.get(__name__)
 
 FAN_IN = 32  # spilled runs one merge reads at once (each holds one batch of ~MERGE_BATCH_BYTES)
-PARQUET_FAN_IN = 4  # row groups merged straight from Parquet (each holds ~2 MiB per column)
+PARQUET_FAN_IN = 2  # row groups merged straight from Parquet (each holds ~2 MiB per column)
 MERGE_READ_BUFFER = 64 * 1024  # per-column read buffer of a row group being merged
 MERGE_BATCH_BYTES = 1 << 20  # rows read at once from a run being merged, and per spilled batch
 
