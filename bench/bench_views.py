@@ -29,7 +29,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mosaicod.store.chunks import ChunkWriter, read_topic  # noqa: E402
+from mosaicod.store.chunks import ChunkWriter  # noqa: E402
+from mosaicod.store.reader import read_topic  # noqa: E402
 from mosaicod.store.objstore import ObjectStore  # noqa: E402
 from mosaicod.views import view_batches, view_schema  # noqa: E402
 

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mosaicod.store import formats
-from mosaicod.store.chunks import ChunkWriter, read_topic
+from mosaicod.store.chunks import ChunkWriter
+from mosaicod.store.reader import read_topic
 from mosaicod.store.objstore import ObjectStore
 
 IMAGE = pa.schema([

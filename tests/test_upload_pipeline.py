@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from mosaicod.store.chunks import ChunkWriter, read_topic
+from mosaicod.store.chunks import ChunkWriter
+from mosaicod.store.reader import read_topic
 from mosaicod.store.objstore import ObjectStore
 from mosaicod.store.pipeline import BackgroundWriter
 
