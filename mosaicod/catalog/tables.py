@@ -98,7 +98,7 @@ chunk_t = Table(
     Column("arrow_size_bytes", BigInteger),
     Column("start_timestamp_ns", BigInteger),  # ours: exact min timestamp_ns in the file
     Column("end_timestamp_ns", BigInteger),  # ours: exact max timestamp_ns in the file
-    Column("timestamp_order", SmallInteger),  # ours: store.chunks.Order of the rows (NULL: unknown)
+    Column("timestamp_order", SmallInteger),  # ours: store.stats.Order of the rows (NULL: unknown)
     Index("chunk_t_topic_id_idx", "topic_id"),
 )
 
