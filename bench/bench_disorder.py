@@ -1,7 +1,7 @@
 """Disordered data: server memory and throughput of reads (whole topic and a window) and of the
 store optimizer for the same topic uploaded in order, in reverse and shuffled.
 
-    python bench/bench_disorder.py            # 1 GiB per topic (target run), ~6 min on 2 cores
+    python bench/bench_disorder.py            # 1 GiB per topic (target run), 1.5-7 min on 2 cores
     python bench/bench_disorder.py --quick    # 128 MiB per topic, smoke test
 
 Target: for the reversed and the shuffled topic, each peak RSS (read, window, optimize) is at most
