@@ -9,6 +9,7 @@ import pyarrow.flight as flight
 from sqlalchemy.engine import Engine
 
 from .catalog import db
+from .catalog.journal import Journal, Owner
 from .catalog.repo import Catalog
 from .config import ConfigError, Settings
 from .metrics import MIDDLEWARE_KEY, MetricsMiddlewareFactory
@@ -26,8 +27,13 @@ class Runtime:
     store: ObjectStore
     catalog: Catalog = field(init=False)
 
+    owner: Owner = field(init=False)
+    journal: Journal = field(init=False)
+
     def __post_init__(self) -> None:
         self.catalog = Catalog(self.engine)
+        self.owner = Owner(self.engine).start()  # liveness of our pending changes
+        self.journal = Journal(self.engine, self.owner.key)
 
     @classmethod
     def open(cls, settings: Settings) -> "Runtime":
@@ -42,6 +48,7 @@ class Runtime:
         return cls(settings, engine, store)
 
     def close(self) -> None:
+        self.owner.stop()
         self.engine.dispose()
 
 
@@ -57,8 +64,11 @@ def build_server(runtime: Runtime, *, host: str | None = None, port: int | None 
     port = settings.port if port is None else port
     kwargs = server_tls_kwargs(settings)  # {} without TLS
     location = f"{scheme(settings)}://{host}:{port}"
+    from .recovery import recover
+
+    recover(runtime.catalog, runtime.store)  # what a crashed server left half done, before serving
     try:
-        return MosaicoFlightServer(Service(settings, runtime.catalog, runtime.store), location,
+        return MosaicoFlightServer(Service(settings, runtime.catalog, runtime.store, runtime.journal), location,
                                    middleware=server_middleware(settings, runtime), **kwargs)
     except ConfigError:
         raise

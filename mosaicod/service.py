@@ -1,9 +1,10 @@
 """Business logic behind the Flight endpoints: actions, uploads (do_put) and reads.
 
 The server (mosaicod/server.py) only parses the wire format (``wirejson``, ``descriptors``,
-``tickets``) and dispatches here (docs/architecture.md#one-upload).  Order of
-effects: catalog first for creations (so cleanup never sees an unreferenced fresh folder),
-store files right after; deletions commit in the catalog, then mark store folders TO_DELETE.
+``tickets``) and dispatches here (docs/architecture.md#one-upload).  Order of effects: the store
+first, the catalog second -- a change is recorded as pending (catalog/journal.py), written to the
+store, then applied to the catalog with its pending record cleared; a crash in between is
+completed by the recovery (mosaicod/recovery.py).  See docs/failure-semantics.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__, errors, legacy, locators, query, views
+from .catalog.journal import Journal
 from .catalog.repo import Catalog
+from .maintenance.faults import crash_point
 from .config import Settings
 from .logs import get as get_logger
 from .store import layout
@@ -78,10 +81,11 @@ class Service:
     """What each action, upload and read does: one instance per server process, holding the
     settings, the catalog and the store (no other state across calls)."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, store: ObjectStore):
+    def __init__(self, settings: Settings, catalog: Catalog, store: ObjectStore, journal: Journal):
         self.settings = settings
         self.catalog = catalog
         self.store = store
+        self.journal = journal
 
     # ------------------------------------------------------------------------------------------
     # actions
@@ -96,23 +100,33 @@ class Service:
     def sequence_create(self, body: dict) -> None:
         locator = locators.sequence(member(body, "locator"))
         metadata = _metadata(body)
+        if self.catalog.sequence_exists(locator):  # cheap early answer; the insert decides
+            raise errors.already_exists(f"Sequence `{locator}`")
         uuid, folder, created = uuidlib.uuid4(), layout.new_sequence_folder(), now_ns()
-        seq_id = self.catalog.create_sequence(locator=locator, uuid=uuid, user_metadata=metadata,
-                                              path_in_store=folder, created_at_ns=created)
+        key = layout.metadata_key(folder)
         doc = layout.sequence_metadata_doc(locator=locator, uuid=str(uuid), created_at_ns=created,
                                            user_metadata=metadata)
-        self._store_write_or_undo(layout.metadata_key(folder), doc,
-                                  lambda: self.catalog.delete_sequence_row(seq_id))
+        change = self._store_first("sequence_create", {"folder": folder, "locator": locator}, key, doc)
+        try:
+            self.catalog.create_sequence(locator=locator, uuid=uuid, user_metadata=metadata,
+                                         path_in_store=folder, created_at_ns=created, change_id=change)
+        except BaseException:
+            self._undo_store_first(change, [key])
+            raise
 
     def session_create(self, body: dict) -> dict:
         seq = self.catalog.sequence(locators.sequence(member(body, "locator")))
         uuid, created = uuidlib.uuid4(), now_ns()
         locator = f"{seq['locator_name']}:{layout.new_ulid()}"
-        self.catalog.create_session(sequence_id=seq["sequence_id"], uuid=uuid, locator=locator,
-                                    created_at_ns=created)
+        key = layout.session_key(seq["path_in_store"], locator)
         doc = layout.session_doc(locator=locator, uuid=str(uuid), created_at_ns=created, completed_at_ns=None)
-        self._store_write_or_undo(layout.session_key(seq["path_in_store"], locator), doc,
-                                  lambda: self.catalog.delete_session(locator))
+        change = self._store_first("session_create", {"key": key, "locator": locator}, key, doc)
+        try:
+            self.catalog.create_session(sequence_id=seq["sequence_id"], uuid=uuid, locator=locator,
+                                        created_at_ns=created, change_id=change)
+        except BaseException:
+            self._undo_store_first(change, [key])
+            raise
         return {"uuid": str(uuid), "locator": locator}
 
     def topic_create(self, body: dict) -> dict:
@@ -137,28 +151,31 @@ class Service:
     def session_finalize(self, body: dict) -> None:
         session_uuid = locators.parse_uuid(member(body, "session_uuid"))
         completed = now_ns()
-        sess = self.catalog.finalize_session(session_uuid, completed)
-        self.store.put_json(layout.session_key(sess["sequence_folder"], sess["locator_name"]),
-                            layout.session_doc(locator=sess["locator_name"], uuid=str(sess["session_uuid"]),
-                                               created_at_ns=sess["creation_unix_tstamp"],
-                                               completed_at_ns=completed))
+
+        def store_step(sess) -> int:  # the session row is locked and checked: commit point in the store
+            key = layout.session_key(sess["sequence_folder"], sess["locator_name"])
+            doc = layout.session_doc(locator=sess["locator_name"], uuid=str(sess["session_uuid"]),
+                                     created_at_ns=sess["creation_unix_tstamp"], completed_at_ns=completed)
+            return self._store_first("session_finalize", {"key": key, "locator": sess["locator_name"]}, key, doc)
+
+        self.catalog.finalize_session(session_uuid, completed, store_step)
 
     def session_delete(self, body: dict) -> None:
         locator = locators.session(member(body, "locator"))
-        sess, folders = self.catalog.delete_session(locator)
-        self.store.delete(layout.session_key(sess["sequence_folder"], locator))
-        self._mark_deleted(folders)
+
+        self.catalog.delete_session(locator, lambda sess, folders: self._mark_deleted(
+            "session_delete", locator, folders, layout.session_key(sess["sequence_folder"], locator)))
 
     def sequence_delete(self, body: dict) -> None:
         locator = locators.sequence(member(body, "locator"))
-        folders = self.catalog.delete_sequence(locator)
+        folders = self.catalog.delete_sequence(
+            locator, lambda folders: self._mark_deleted("sequence_delete", locator, folders))
         if folders is None:
             raise errors.not_found(f"Sequence `{locator}`")
-        self._mark_deleted(folders)
 
     def topic_delete(self, body: dict) -> None:
-        folder = self.catalog.delete_topic(locators.topic(member(body, "locator")))
-        self._mark_deleted([folder] if folder else [])
+        locator = locators.topic(member(body, "locator"))
+        self.catalog.delete_topic(locator, lambda folders: self._mark_deleted("topic_delete", locator, folders))
 
     def _notification_owner(self, kind: str, body: dict) -> int:
         if kind == "sequence":
@@ -206,20 +223,47 @@ class Service:
         return self.catalog.sequence_names()
 
     # ------------------------------------------------------------------------------------------
-    # store helpers
-    def _store_write_or_undo(self, key: str, doc: Any, undo: Callable[[], Any]) -> None:
+    # store helpers: every change reaches the store before the catalog (catalog/journal.py)
+    def _store_first(self, kind: str, target: dict, key: str, doc: Any) -> int:
+        """Record a pending change, then write its document: the catalog may apply it next."""
+        change = self.journal.begin(kind, target, now_ns())
+        crash_point(f"{kind}:journaled")
         try:
             self.store.put_json(key, doc)
         except Exception as exc:
-            log.error("store write failed; undoing catalog change", key=key, error=str(exc))
-            try:
-                undo()
-            finally:
-                raise errors.internal(f"could not write `{key}` to the store: {exc}") from None
+            log.error("store write failed; nothing changed", key=key, error=errors.first_line(exc))
+            self._undo_store_first(change, [])
+            raise errors.MosaicoError(errors.Kind.UNAVAILABLE,
+                                      "the object store is unavailable; nothing was changed, retry later") from None
+        crash_point(f"{kind}:stored")
+        return change
 
-    def _mark_deleted(self, folders: list[str]) -> None:
-        for folder in folders:  # the catalog is authoritative: a failed marker is logged only
-            self.store.mark_deleted(folder, best_effort=True)
+    def _undo_store_first(self, change: int, keys: list[str]) -> None:
+        """The catalog refused a change already written to the store: take it back."""
+        try:
+            for key in keys:
+                self.store.delete(key)
+            self.journal.forget(change)
+        except Exception as exc:  # noqa: BLE001 - left to the recovery at the next start
+            log.error("could not take back a refused change", error=errors.first_line(exc))
+
+    def _mark_deleted(self, kind: str, locator: str, folders: list[str], doc_key: str | None = None) -> int:
+        """Store step of a delete: TO_DELETE in each folder, then the resource's own document
+        (``doc_key``) removed; the catalog rows go next."""
+        change = self.journal.begin(kind, {"locator": locator, "folders": folders, "key": doc_key}, now_ns())
+        crash_point("delete:journaled")
+        try:
+            for folder in folders:
+                self.store.mark_deleted(folder)
+            if doc_key is not None:
+                self.store.delete(doc_key)
+        except Exception as exc:
+            log.error("store write failed; nothing deleted", locator=locator, error=errors.first_line(exc))
+            self._undo_store_first(change, [layout.to_delete_key(f) for f in folders])
+            raise errors.MosaicoError(errors.Kind.UNAVAILABLE,
+                                      "the object store is unavailable; nothing was deleted, retry later") from None
+        crash_point("delete:stored")
+        return change
 
     # ------------------------------------------------------------------------------------------
     # uploads
@@ -233,14 +277,22 @@ class Service:
         _check_storable(schema)
         topic = self.catalog.topic(locator)
         folder = layout.new_topic_folder()
-        self.catalog.start_upload(topic["topic_id"], topic_uuid, locator, folder, schema.serialize().to_pybytes())
-        try:
+        target = {"topic_id": topic["topic_id"], "folder": folder}
+        change = self.catalog.claim_upload(topic["topic_id"], topic_uuid, locator,
+                                           lambda conn: self.journal.begin("upload", target, now_ns(), conn))
+        crash_point("upload:journaled")
+        raw_schema = schema.serialize().to_pybytes()
+        try:  # schema first: a folder with metadata.json has everything a rebuild needs
+            self.store.put_bytes(layout.schema_key(folder), raw_schema)
             self.store.put_json(layout.metadata_key(folder), self._topic_doc(topic, None))
-            self.store.put_bytes(layout.schema_key(folder), schema.serialize().to_pybytes())
         except Exception as exc:
-            self.catalog.reset_upload(topic["topic_id"])
-            raise errors.internal(f"could not start the upload in the store: {exc}") from None
-        return Upload(self, topic, folder, schema)
+            log.error("could not start an upload in the store", topic=locator, error=errors.first_line(exc))
+            self._undo_store_first(change, [layout.metadata_key(folder), layout.schema_key(folder)])
+            raise errors.MosaicoError(errors.Kind.UNAVAILABLE,
+                                      "the object store is unavailable; the upload did not start, retry later") from None
+        crash_point("upload:stored")
+        self.catalog.set_upload_folder(topic["topic_id"], folder, raw_schema)
+        return Upload(self, topic, folder, schema, change)
 
     def _topic_doc(self, topic, completed_at_ns: int | None) -> dict:
         return layout.topic_metadata_doc(
@@ -377,8 +429,9 @@ class Service:
 class Upload:
     """One DoPut stream: batches go to rolling Parquet chunks, each indexed as it closes."""
 
-    def __init__(self, service: Service, topic, folder: str, schema: pa.Schema):
+    def __init__(self, service: Service, topic, folder: str, schema: pa.Schema, change: int | None = None):
         self.service = service
+        self.change = change  # the pending upload (catalog/journal.py), cleared when it ends
         self.topic = topic
         self.folder = folder
         self.schema = schema
@@ -393,6 +446,7 @@ class Upload:
         self.ended = False  # finished or interrupted
 
     def _index_chunk(self, chunk: ChunkInfo) -> None:
+        crash_point("upload:chunk_stored")  # the chunk file is closed, not indexed yet
         self.service.catalog.insert_chunk(topic_id=self.topic["topic_id"], ontology_tag=self.topic["ontology_tag"],
                                           data_file=chunk.data_file, size_bytes=chunk.size_bytes,
                                           stats=chunk.stats)
@@ -408,6 +462,8 @@ class Upload:
         self.rows += batch.num_rows
         self.bytes_in += batch.nbytes
         self.writer.write(batch)
+        if self.writer.chunk_open and self.writer.chunks:
+            crash_point("upload:chunk_open")  # a chunk is indexed; the next one has no footer yet
 
     def finish(self) -> None:
         """Clean end of stream: close the last chunk, commit the folder, then finalize the topic."""
@@ -415,9 +471,11 @@ class Upload:
         completed = now_ns()
         svc = self.service
         svc.store.put_json(layout.metadata_key(self.folder), svc._topic_doc(self.topic, completed))
+        crash_point("upload:finishing")
         svc.store.put_json(layout.commit_key(self.folder),
                            commit_doc_for(chunks, state="finalized", committed_at_ns=completed))
-        svc.catalog.finalize_topic(self.topic["topic_id"], completed)
+        crash_point("upload:committed")
+        svc.catalog.finalize_topic(self.topic["topic_id"], completed, self.change)
         self.ended = True
 
     def interrupt(self, reason: str) -> None:
@@ -448,7 +506,8 @@ class Upload:
             svc.store.put_json(layout.metadata_key(self.folder), svc._topic_doc(self.topic, None))
             svc.store.put_json(layout.commit_key(self.folder),
                                commit_doc_for(chunks, state="interrupted", committed_at_ns=at, interrupted_at_ns=at))
-            svc.catalog.interrupt_upload(self.topic["topic_id"], at, message)
+            crash_point("upload:interrupt_committed")
+            svc.catalog.interrupt_upload(self.topic["topic_id"], at, message, self.change)
         except Exception as exc:  # noqa: BLE001
             log.error("could not record an interrupted upload; recovered at the next start", topic=locator,
                       error=errors.first_line(exc))

@@ -7,7 +7,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, RowMapping
 
 from .locks import CLEANUP_LOCK_KEY
-from .tables import cleanup_log_t, instance_registry_t, sequence_t, topic_optimization_t, topic_t
+from .tables import (cleanup_log_t, instance_registry_t, pending_change_t, sequence_t, topic_optimization_t,
+                     topic_t)
 
 
 def begin_run(engine: Engine, now: int, time_interval: int, instance_id: int | None) -> int | None:
@@ -49,10 +50,13 @@ def latest_run(engine: Engine) -> RowMapping | None:
 
 
 def referenced_folders(engine: Engine) -> set[str]:
-    """Every store folder the catalog points at: sequences, uploaded topics, optimizer rewrites."""
+    """Every store folder the catalog points at: sequences, uploaded topics, optimizer rewrites,
+    and the folders of pending changes (written to the store before the catalog knows them)."""
+    pending = pending_change_t.c.target["folder"].astext
     q = sa.union(sa.select(sequence_t.c.path_in_store),
                  sa.select(topic_t.c.path_in_store).where(topic_t.c.path_in_store.is_not(None)),
                  sa.select(topic_optimization_t.c.opt_path_in_store)
-                 .where(topic_optimization_t.c.opt_path_in_store.is_not(None)))
+                 .where(topic_optimization_t.c.opt_path_in_store.is_not(None)),
+                 sa.select(pending).where(pending.is_not(None)))
     with engine.connect() as conn:
         return set(conn.execute(q).scalars())

@@ -5,8 +5,9 @@ One run:
    no run started within the last ``time_interval`` seconds (else: skipped).
 2. List the top-level folders of the store, THEN read the folders the catalog references
    (``sequence_t.path_in_store``, ``topic_t.path_in_store``, ``topic_optimization_t.
-   opt_path_in_store``).  Order matters: every writer records a folder in the catalog before it
-   writes the first object, so a folder we listed is either referenced now or garbage.
+   opt_path_in_store``, and the folders of pending changes in ``pending_change_t``).  Order
+   matters: every writer records a folder in the catalog (as a pending change, at least) before
+   it writes the first object, so a folder we listed is either referenced now or garbage.
 3. Per folder: with a ``TO_DELETE`` marker older than the retention → delete every object (8 at
    a time, the marker last, so a crash mid-delete leaves a still-marked folder for the next run);
    unreferenced and unmarked → write the marker (or delete at once when retention is 0).

@@ -90,6 +90,11 @@ class ChunkWriter:
         self._pool: ThreadPoolExecutor | None = None
 
     # -- public -------------------------------------------------------------------------------
+    @property
+    def chunk_open(self) -> bool:
+        """A chunk file holds row groups but is not closed yet (no Parquet footer)."""
+        return self._writer is not None
+
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return

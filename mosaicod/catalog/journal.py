@@ -1,0 +1,132 @@
+"""Pending changes: how a change reaches the store before the catalog, and survives a crash.
+
+A change that writes to the store (create, upload, finalize, delete) first records a row in
+``pending_change_t`` (committed on its own), then writes the store, then applies the catalog
+change and deletes the row in one transaction.  Clients never see the pending row; they see the
+change only once the store holds everything a rebuild needs for it.  A crash leaves the row
+behind, and the recovery (``mosaicod.recovery``) completes the change from what the store holds.
+
+Each row names its owner: the server process that runs it.  A process holds a session-level
+PostgreSQL advisory lock on its owner key for its whole life, so the owner of a row is alive
+exactly while that lock is held: a killed process loses it with its connection, and a restarted
+one can tell its predecessor's rows from the live rows of other servers.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .. import errors, logs
+from .tables import pending_change_t
+
+log = logs.get(__name__)
+
+OWNER_LOCK_CLASS = 0x6D6F  # first key of the two-key advisory locks held by live processes
+KEEPALIVE_SECS = 5
+
+
+class Owner:
+    """This process's owner key, held as an advisory lock on a dedicated connection (re-taken
+    after the database comes back)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.key = random.randint(1, 2**31 - 1)
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Owner":
+        self._take()
+        self._thread = threading.Thread(target=self._keepalive, name="owner-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=KEEPALIVE_SECS + 1)
+        with self._lock:
+            self._drop()
+
+    def _take(self) -> None:
+        with self._lock:
+            self._drop()
+            conn = self.engine.connect()
+            conn.execute(sa.text("SELECT pg_advisory_lock(:c, :k)"), {"c": OWNER_LOCK_CLASS, "k": self.key})
+            conn.commit()
+            self._conn = conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.invalidate()  # closing the session releases the lock
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - the connection is gone anyway
+                pass
+            self._conn = None
+
+    def _keepalive(self) -> None:
+        while not self._stop.wait(KEEPALIVE_SECS):
+            try:
+                with self._lock:
+                    if self._conn is None:
+                        raise RuntimeError("no connection")
+                    self._conn.execute(sa.text("SELECT 1"))
+                    self._conn.commit()
+            except Exception as exc:  # noqa: BLE001 - database restarted: take the lock again
+                log.warning("owner lock lost; taking it again", error=errors.first_line(exc))
+                try:
+                    self._take()
+                except Exception as exc2:  # noqa: BLE001
+                    log.warning("owner lock not taken yet", error=errors.first_line(exc2))
+
+
+def live_owners(conn: Connection) -> set[int]:
+    """Owner keys whose process is alive (holds its advisory lock) on this database."""
+    rows = conn.execute(sa.text(
+        "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = :c "
+        "AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+        {"c": OWNER_LOCK_CLASS}).scalars()
+    return {int(r) for r in rows}
+
+
+class Journal:
+    """Records and clears pending changes (see the module docstring)."""
+
+    def __init__(self, engine: Engine, owner_key: int):
+        self.engine = engine
+        self.owner_key = owner_key
+
+    def begin(self, kind: str, target: dict[str, Any], now_ns: int, conn: Connection | None = None) -> int:
+        """Record a change about to be written to the store: committed at once, on its own (or
+        with ``conn``'s transaction, which the caller commits before writing the store)."""
+        if conn is None:
+            with self.engine.begin() as c:
+                return self.begin(kind, target, now_ns, c)
+        return conn.execute(pending_change_t.insert().values(
+            owner=self.owner_key, kind=kind, target=target, created_unix_tstamp=now_ns)
+            .returning(pending_change_t.c.change_id)).scalar_one()
+
+    @staticmethod
+    def done(conn: Connection, change_id: int) -> None:
+        """Clear a change, in the transaction that applies it to the catalog."""
+        conn.execute(pending_change_t.delete().where(pending_change_t.c.change_id == change_id))
+
+    def forget(self, change_id: int) -> None:
+        with self.engine.begin() as conn:
+            self.done(conn, change_id)
+
+    def orphans(self, conn: Connection) -> list[sa.RowMapping]:
+        """Pending changes whose owner died (locked for the caller's transaction; rows that another
+        recovery is working on are skipped)."""
+        alive = live_owners(conn)
+        rows = conn.execute(sa.select(pending_change_t).order_by(pending_change_t.c.change_id)
+                            .with_for_update(skip_locked=True)).mappings().all()
+        return [r for r in rows if r["owner"] not in alive]
