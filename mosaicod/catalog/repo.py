@@ -142,10 +142,6 @@ class Catalog:
                 raise errors.already_exists(f"Sequence `{locator}`") from None
             raise
 
-    def delete_sequence_row(self, sequence_id: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(sequence_t.delete().where(sequence_t.c.sequence_id == sequence_id))
-
     def sequence(self, locator: str, conn: Connection | None = None) -> RowMapping:
         row = self._first_row(conn, sa.select(sequence_t).where(sequence_t.c.locator_name == locator))
         if row is None:
@@ -355,12 +351,6 @@ class Catalog:
         with self._session_step() as conn:
             conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id)
                          .values(path_in_store=folder, arrow_schema=schema_ipc))
-
-    def reset_upload(self, topic_id: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id,
-                                                topic_t.c.completion_unix_tstamp.is_(None))
-                         .values(path_in_store=None, arrow_schema=None))
 
     def finalize_topic(self, topic_id: int, completed_at_ns: int, change_id: int | None = None) -> None:
         """Close an upload: completion time and exact timestamp range from the chunk rows."""
