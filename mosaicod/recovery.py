@@ -1,4 +1,5 @@
-"""Start-up recovery: complete the changes a dead server left pending (catalog/journal.py).
+"""Recovery: complete the changes a dead server left pending (catalog/journal.py); run at every
+start, and periodically by a running server for its own abandoned changes.
 
 A change reaches the store before the catalog.  When its server dies in between, its pending
 record stays; the next server that starts on the catalog brings the catalog up to what the store
@@ -22,6 +23,7 @@ two servers starting together never handle the same change) and only if its owne
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -30,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import errors, logs
-from .catalog.journal import live_owners
+from .catalog.journal import Journal, live_owners
 from .catalog.repo import Catalog
 from .catalog.tables import chunk_t, pending_change_t, sequence_t, session_t, topic_t
 from .store import layout
@@ -41,22 +43,35 @@ from .store.stats import ChunkStats
 log = logs.get(__name__)
 
 
-def recover(catalog: Catalog, store: ObjectStore) -> list[dict]:
-    """Complete every pending change whose owner is dead; returns what was done (also logged).
-    A change that cannot be completed now (store or database failing) stays for the next start."""
+OWN_GRACE_NS = 60 * 10**9  # our own pending change older than this (not an upload) was abandoned
+
+
+def recover(catalog: Catalog, store: ObjectStore, journal: Journal | None = None) -> list[dict]:
+    """Complete every pending change whose owner is dead -- and, given this process's
+    ``journal``, its own changes that were abandoned (a request that failed half way while the
+    store or the database was down; an upload is abandoned once its stream has ended).  Returns
+    what was done (also logged).  A change that cannot be completed now stays for the next pass."""
     engine = catalog.engine
+
+    def orphan(row, alive: set[int]) -> bool:
+        if journal is not None and row["owner"] == journal.owner_key:
+            if row["kind"] == "upload":
+                return row["change_id"] not in journal.active_uploads
+            return row["created_unix_tstamp"] < time.time_ns() - OWN_GRACE_NS
+        return row["owner"] not in alive
+
     with engine.connect() as conn:
         alive = live_owners(conn)
-        ids = [r.change_id for r in conn.execute(
-            sa.select(pending_change_t.c.change_id, pending_change_t.c.owner)
-            .order_by(pending_change_t.c.change_id)) if r.owner not in alive]
+        ids = [r["change_id"] for r in conn.execute(sa.select(pending_change_t)
+                                                    .order_by(pending_change_t.c.change_id)).mappings()
+               if orphan(r, alive)]
     done = []
     for change_id in ids:
         try:
             with engine.begin() as conn:
                 row = conn.execute(sa.select(pending_change_t).where(pending_change_t.c.change_id == change_id)
                                    .with_for_update(skip_locked=True)).mappings().first()
-                if row is None or row["owner"] in live_owners(conn):
+                if row is None or not orphan(row, live_owners(conn)):
                     continue
                 outcome = HANDLERS[row["kind"]](conn, catalog, store, row["target"])
                 conn.execute(pending_change_t.delete().where(pending_change_t.c.change_id == change_id))
@@ -65,7 +80,7 @@ def recover(catalog: Catalog, store: ObjectStore) -> list[dict]:
             continue
         entry = {"change": row["kind"], **{k: v for k, v in row["target"].items() if k in ("locator", "folder")},
                  "outcome": outcome}
-        log.warning("recovered a change interrupted by a crash", **entry)
+        log.warning("completed a pending change left by a failure", **entry)
         done.append(entry)
     return done
 
@@ -234,15 +249,15 @@ def _upload(conn: Connection, catalog: Catalog, store: ObjectStore, t: dict) -> 
         timestamp_range=(lo, hi) if lo is not None else None,
         files=[{"name": layout.data_file_name(i), **e} for i, e, _ in entries], interrupted_at_ns=at))
     catalog.interrupt_upload(topic_id, at, _message(rows, lost), conn=conn)
-    return f"interrupted at restart: {len(entries)} chunks, {rows} rows kept" + (
+    return f"interrupted by the recovery: {len(entries)} chunks, {rows} rows kept" + (
         "; a partial chunk file was removed" if lost else "")
 
 
 def _message(rows: int, lost: bool) -> str:
     head = f"Upload interrupted after {'at least ' if lost else ''}{rows} rows ({rows} stored and readable"
     return (head + ("; the chunk being written was lost" if lost else "")
-            + "): the server stopped before the end of the stream. Finalize the session to keep them, "
-              "or delete the topic")
+            + "): the stream broke with its server (stopped, or its store or database failed); recovered "
+              "by the server. Finalize the session to keep them, or delete the topic")
 
 
 HANDLERS = {
@@ -254,3 +269,29 @@ HANDLERS = {
     "session_delete": _delete("session_delete"),
     "topic_delete": _delete("topic_delete"),
 }
+
+
+class RecoveryLoop:
+    """A running server's periodic recovery pass: its own abandoned changes (a store or database
+    outage broke a request half way) and those of servers that died meanwhile."""
+
+    def __init__(self, runtime, *, interval: float):
+        self.runtime = runtime
+        self.interval = max(1.0, float(interval))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recovery", daemon=True)
+
+    def start(self) -> "RecoveryLoop":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                recover(self.runtime.catalog, self.runtime.store, self.runtime.journal)
+            except Exception as exc:  # noqa: BLE001 - catalog unreachable: next pass
+                log.warning("recovery pass failed", error=errors.first_line(exc))

@@ -9,6 +9,7 @@ completed by the recovery (mosaicod/recovery.py).  See docs/failure-semantics.md
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid as uuidlib
@@ -17,6 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 
 from . import __version__, errors, legacy, locators, query, views
 from .catalog.journal import Journal
@@ -26,7 +28,7 @@ from .config import Settings
 from .logs import get as get_logger
 from .store import layout
 from .store.chunks import SERIALIZATION_FORMATS, TS, ChunkInfo, ChunkWriter, commit_doc_for, open_parquet
-from .store.objstore import ObjectStore
+from .store.objstore import STORE_OUTAGES, ObjectStore
 from .store.pipeline import BackgroundWriter
 from .store.reader import read_topic
 from .tickets import TopicTicket
@@ -423,7 +425,27 @@ class Service:
         files = [(c["data_file"], c["timestamp_order"]) for c in chunks]
         batches = read_topic(self.store, files, schema, ticket.start, ticket.end, batch_rows=batch_rows,
                              should_stop=should_stop)
-        return views.view_schema(schema), views.view_batches(batches, schema)
+        return views.view_schema(schema), views.view_batches(_outages_in(batches, "reading the topic"), schema)
+
+
+OUTAGES = STORE_OUTAGES + (sa.exc.OperationalError, sa.exc.InterfaceError)  # store or catalog down
+
+
+@contextlib.contextmanager
+def _outages(doing: str) -> Iterator[None]:
+    """A store or catalog outage becomes a clear UNAVAILABLE (the detail goes to the log)."""
+    try:
+        yield
+    except OUTAGES as exc:
+        log.error(f"{doing} failed", error=errors.first_line(exc))
+        raise errors.MosaicoError(errors.Kind.UNAVAILABLE,
+                                  f"{doing} failed: the object store or the catalog database is unavailable; "
+                                  "retry later") from None
+
+
+def _outages_in(batches: Iterator[pa.RecordBatch], doing: str) -> Iterator[pa.RecordBatch]:
+    with _outages(doing):
+        yield from batches
 
 
 class Upload:
@@ -432,6 +454,8 @@ class Upload:
     def __init__(self, service: Service, topic, folder: str, schema: pa.Schema, change: int | None = None):
         self.service = service
         self.change = change  # the pending upload (catalog/journal.py), cleared when it ends
+        if change is not None:
+            service.journal.active_uploads.add(change)
         self.topic = topic
         self.folder = folder
         self.schema = schema
@@ -461,12 +485,17 @@ class Upload:
                                      "every row needs a timestamp (the batch was not stored)")
         self.rows += batch.num_rows
         self.bytes_in += batch.nbytes
-        self.writer.write(batch)
+        with _outages("storing the upload"):
+            self.writer.write(batch)
         if self.writer.chunk_open and self.writer.chunks:
             crash_point("upload:chunk_open")  # a chunk is indexed; the next one has no footer yet
 
     def finish(self) -> None:
         """Clean end of stream: close the last chunk, commit the folder, then finalize the topic."""
+        with _outages("finishing the upload"):
+            self._finish()
+
+    def _finish(self) -> None:
         chunks = self.writer.close()
         completed = now_ns()
         svc = self.service
@@ -477,6 +506,7 @@ class Upload:
         crash_point("upload:committed")
         svc.catalog.finalize_topic(self.topic["topic_id"], completed, self.change)
         self.ended = True
+        svc.journal.active_uploads.discard(self.change)
 
     def interrupt(self, reason: str) -> None:
         """The stream broke (client gone, call cancelled, transport or server error): keep every
@@ -487,6 +517,13 @@ class Upload:
         if self.ended:
             return
         self.ended = True
+        svc, locator = self.service, self.topic["locator_name"]
+        try:
+            self._interrupt(reason)
+        finally:  # whatever could not be recorded is completed by the recovery (mosaicod/recovery.py)
+            svc.journal.active_uploads.discard(self.change)
+
+    def _interrupt(self, reason: str) -> None:
         svc, locator = self.service, self.topic["locator_name"]
         try:
             chunks = self.writer.close()
@@ -509,7 +546,7 @@ class Upload:
             crash_point("upload:interrupt_committed")
             svc.catalog.interrupt_upload(self.topic["topic_id"], at, message, self.change)
         except Exception as exc:  # noqa: BLE001
-            log.error("could not record an interrupted upload; recovered at the next start", topic=locator,
+            log.error("could not record an interrupted upload; the recovery will", topic=locator,
                       error=errors.first_line(exc))
             return
         log.warning("upload interrupted", topic=locator, rows_received=self.rows, rows_kept=kept,

@@ -103,6 +103,7 @@ class Journal:
     def __init__(self, engine: Engine, owner_key: int):
         self.engine = engine
         self.owner_key = owner_key
+        self.active_uploads: set[int] = set()  # change ids of this process's running DoPut streams
 
     def begin(self, kind: str, target: dict[str, Any], now_ns: int, conn: Connection | None = None) -> int:
         """Record a change about to be written to the store: committed at once, on its own (or
@@ -122,11 +123,3 @@ class Journal:
     def forget(self, change_id: int) -> None:
         with self.engine.begin() as conn:
             self.done(conn, change_id)
-
-    def orphans(self, conn: Connection) -> list[sa.RowMapping]:
-        """Pending changes whose owner died (locked for the caller's transaction; rows that another
-        recovery is working on are skipped)."""
-        alive = live_owners(conn)
-        rows = conn.execute(sa.select(pending_change_t).order_by(pending_change_t.c.change_id)
-                            .with_for_update(skip_locked=True)).mappings().all()
-        return [r for r in rows if r["owner"] not in alive]

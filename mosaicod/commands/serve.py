@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
                                    runtime.store) if settings.metrics_port else None)
         instance = registry.Instance(runtime.engine, "server", address=f"{settings.host}:{server.port}",
                                      interval=settings.heartbeat_interval).start()
+        from ..recovery import RecoveryLoop
+
+        recovery = RecoveryLoop(runtime, interval=3 * settings.heartbeat_interval).start()
         try:
             stop.serving = True  # from here on a SIGTERM interrupts
             if not stop.requested:
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             pass  # Ctrl-C / SIGTERM: stop cleanly below
         finally:
             server.shutdown()
+            recovery.stop()
             instance.stop()
             if http is not None:
                 http.stop()

@@ -21,6 +21,26 @@ class StoreUnavailable(Exception):
     """The object store cannot be reached or used (one-line message for the operator)."""
 
 
+def _outage_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [OSError, TimeoutError]  # s3fs maps most S3 failures to OSError
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        types += [BotoCoreError, ClientError]
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        pass
+    try:
+        from aiohttp import ClientError as HttpClientError
+
+        types.append(HttpClientError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+STORE_OUTAGES = _outage_types()  # what the store raises when it is down or failing
+
+
 @dataclass
 class ObjectStore:
     fs: fsspec.AbstractFileSystem
@@ -61,8 +81,10 @@ class ObjectStore:
             client_kwargs["endpoint_url"] = endpoint
         fs = s3fs.S3FileSystem(key=key or None, secret=secret or None, anon=False,
                                client_kwargs=client_kwargs,
+                               # transient failures (throttling, 5xx, resets) retried with
+                               # exponential backoff and jitter by botocore
                                config_kwargs={"connect_timeout": 5, "read_timeout": 60,
-                                              "retries": {"max_attempts": 3}},
+                                              "retries": {"max_attempts": 5, "mode": "standard"}},
                                use_listings_cache=False, skip_instance_cache=True)
         store = cls(fs, bucket, f"s3://{bucket} at {endpoint}")
         try:
