@@ -82,6 +82,34 @@ def recover(catalog: Catalog, store: ObjectStore, journal: Journal | None = None
                  "outcome": outcome}
         log.warning("completed a pending change left by a failure", **entry)
         done.append(entry)
+    done += _unclaimed_uploads(catalog, store)
+    return done
+
+
+def _unclaimed_uploads(catalog: Catalog, store: ObjectStore) -> list[dict]:
+    """Topics left *uploading* with no pending upload (no stream can be writing them: a live
+    stream always has one), e.g. restored so by `rebuild-catalog` from a store where the upload
+    never committed: interrupted like an upload whose server died."""
+    claimed = sa.exists().where(pending_change_t.c.kind == "upload",
+                                pending_change_t.c.target["topic_id"].astext == sa.cast(topic_t.c.topic_id, sa.Text))
+    open_upload = sa.and_(topic_t.c.path_in_store.is_not(None), topic_t.c.completion_unix_tstamp.is_(None),
+                          topic_t.c.interrupted_unix_tstamp.is_(None), ~claimed)
+    with catalog.engine.connect() as conn:
+        found = conn.execute(sa.select(topic_t.c.topic_id, topic_t.c.path_in_store).where(open_upload)).all()
+    done = []
+    for topic_id, folder in found:
+        try:
+            with catalog.engine.begin() as conn:
+                if conn.execute(sa.select(topic_t.c.topic_id).where(topic_t.c.topic_id == topic_id, open_upload)
+                                .with_for_update(skip_locked=True)).first() is None:
+                    continue
+                outcome = _upload(conn, catalog, store, {"topic_id": topic_id, "folder": folder})
+        except Exception as exc:  # noqa: BLE001 - next pass
+            log.error("could not recover an unclaimed upload", folder=folder, error=errors.first_line(exc))
+            continue
+        entry = {"change": "upload", "folder": folder, "outcome": outcome}
+        log.warning("completed an upload nobody was writing", **entry)
+        done.append(entry)
     return done
 
 
@@ -169,10 +197,12 @@ def _file_stats(store: ObjectStore, key: str, schema: pa.Schema) -> ChunkStats:
 
 
 def _upload(conn: Connection, catalog: Catalog, store: ObjectStore, t: dict) -> str:
-    topic_id, folder = int(t["topic_id"]), t["folder"]
-    topic = conn.execute(sa.select(topic_t).where(topic_t.c.topic_id == topic_id).with_for_update()).mappings().first()
+    folder = t["folder"]
+    which = (topic_t.c.topic_uuid == t["topic_uuid"]) if t.get("topic_uuid") else (topic_t.c.topic_id == t["topic_id"])
+    topic = conn.execute(sa.select(topic_t).where(which).with_for_update()).mappings().first()
     if topic is None:
         return "topic deleted: nothing to do"
+    topic_id = topic["topic_id"]
     meta = _get_json(store, layout.metadata_key(folder))
     if meta is None:
         store.delete(layout.schema_key(folder))

@@ -279,7 +279,7 @@ class Service:
         _check_storable(schema)
         topic = self.catalog.topic(locator)
         folder = layout.new_topic_folder()
-        target = {"topic_id": topic["topic_id"], "folder": folder}
+        target = {"topic_id": topic["topic_id"], "topic_uuid": str(topic["topic_uuid"]), "folder": folder}
         change = self.catalog.claim_upload(topic["topic_id"], topic_uuid, locator,
                                            lambda conn: self.journal.begin("upload", target, now_ns(), conn))
         crash_point("upload:journaled")
@@ -517,11 +517,10 @@ class Upload:
         if self.ended:
             return
         self.ended = True
-        svc, locator = self.service, self.topic["locator_name"]
         try:
             self._interrupt(reason)
         finally:  # whatever could not be recorded is completed by the recovery (mosaicod/recovery.py)
-            svc.journal.active_uploads.discard(self.change)
+            self.service.journal.active_uploads.discard(self.change)
 
     def _interrupt(self, reason: str) -> None:
         svc, locator = self.service, self.topic["locator_name"]

@@ -93,6 +93,26 @@ def stream_until_failure(c, seq: str, tid: str, fail) -> tuple[int, str]:
     return sent, str(err.value)
 
 
+def assert_recovered_and_serving(c, srv, sess: str, before: dict) -> int:
+    """After the outage: the recovery pass completes the broken upload as interrupted (its end
+    could not be recorded during the outage), the session is not stuck, the finalized topic is
+    unchanged, the server serves normally and the store matches the catalog.  Returns the rows
+    the interrupted topic kept."""
+    done = recover_now(srv)
+    assert [d["change"] for d in done] == ["upload"], done
+    m = meta(c, "s/t")
+    assert m["upload_state"] == "interrupted", m
+    n = m["data_info"]["total_row_count"]
+    assert n > 0 and read_ts(c, "s/t") == list(range(n))
+    act(c, "session_finalize", {"session_uuid": sess})
+    assert meta(c, "keep/t")["data_info"] == before["data_info"]
+    assert read_ts(c, "keep/t") == list(range(3 * ROWS))
+    write_finalized(c, "after")
+    assert read_ts(c, "after/t") == list(range(3 * ROWS))
+    assert_store_matches_catalog(srv)
+    return n
+
+
 # -- S3 -------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -136,19 +156,8 @@ def test_s3_down_during_upload_and_read(s3_server, s3_proxy):
         s3_proxy.up()
         # back: the broken upload is completed by the recovery pass (it could not be recorded
         # while S3 was down), as interrupted with the chunks that reached S3
-        done = recover_now(s3_server)
-        assert [d["change"] for d in done] == ["upload"], done
-        m = meta(c, "s/t")
-        assert m["upload_state"] == "interrupted", m
-        n = m["data_info"]["total_row_count"]
-        assert 0 < n < sent and read_ts(c, "s/t") == list(range(n))
-        act(c, "session_finalize", {"session_uuid": sess})  # not stuck
-        # nothing finalized changed, and the server serves normally
-        assert meta(c, "keep/t")["data_info"] == before["data_info"]
-        assert read_ts(c, "keep/t") == list(range(3 * ROWS))
-        write_finalized(c, "after")
-        assert read_ts(c, "after/t") == list(range(3 * ROWS))
-        assert_store_matches_catalog(s3_server)
+        n = assert_recovered_and_serving(c, s3_server, sess, before)
+        assert n < sent  # the open chunk could not reach S3
     finally:
         c.close()
 
@@ -198,6 +207,7 @@ def test_postgres_restarted_during_a_stream(own_postgres, make_settings, start_s
     c = flight.FlightClient(srv.location)
     try:
         write_finalized(c, "keep")
+        before = meta(c, "keep/t")
         sess, tid = new_topic(c, "s")
         sent, error = stream_until_failure(c, "s", tid, lambda: pg_ctl(own_postgres, "stop", "-m", "immediate"))
         assert "unavailable" in error.lower(), error
@@ -205,16 +215,6 @@ def test_postgres_restarted_during_a_stream(own_postgres, make_settings, start_s
         pg_ctl(own_postgres, "-o", f'-h "" -k {sock}', "-l", str(own_postgres.log), "start")
         # back: pooled connections are checked before use; the broken upload is completed by the
         # recovery pass with every row the server had received (they reached the store)
-        done = recover_now(srv)
-        assert [d["change"] for d in done] == ["upload"], done
-        m = meta(c, "s/t")
-        assert m["upload_state"] == "interrupted", m
-        n = m["data_info"]["total_row_count"]
-        assert n > 0 and read_ts(c, "s/t") == list(range(n))
-        act(c, "session_finalize", {"session_uuid": sess})
-        assert read_ts(c, "keep/t") == list(range(3 * ROWS))
-        write_finalized(c, "after")
-        assert read_ts(c, "after/t") == list(range(3 * ROWS))
-        assert_store_matches_catalog(srv)
+        assert_recovered_and_serving(c, srv, sess, before)
     finally:
         c.close()

@@ -163,3 +163,41 @@ def test_stream_error_keeps_open_chunk_and_session_can_finish(small_chunks):
         assert read_ts(c, "err/a") == list(range(n))
     finally:
         c.close()
+
+
+def test_upload_left_uploading_without_a_claim_is_recovered(small_chunks):
+    """A topic left *uploading* that no stream claims (here: the upload's pending record is lost,
+    as when the catalog is rebuilt from a store where the upload never committed) does not stay
+    stuck: the recovery interrupts it with its complete chunks (the open one is removed)."""
+    import numpy as np
+
+    from mosaicod.catalog.tables import pending_change_t
+    from mosaicod.recovery import recover
+
+    from .test_core_bad_input import SCHEMA, new_topic
+
+    srv = small_chunks
+    c = flight.FlightClient(srv.location)
+    try:
+        sess, tid = new_topic(c, "lost", "t")
+        service = srv.flight.service
+        upload = service.begin_upload(json.dumps({"resource_locator": "lost/t", "topic_uuid": tid}).encode(), SCHEMA)
+        for k in range(8):
+            ts = np.arange(k * 25_000, (k + 1) * 25_000, dtype=np.int64)
+            upload.write(pa.record_batch([pa.array(ts), pa.array(np.random.default_rng(k).random(25_000))],
+                                         schema=SCHEMA))
+        assert upload.writer.chunk_open and upload.writer.chunks
+        indexed = topic_meta(c, "lost/t")["data_info"]["total_row_count"]
+        with srv.runtime.engine.begin() as conn:  # the claim is lost; the stream never ends
+            conn.execute(pending_change_t.delete())
+        service.journal.active_uploads.clear()
+        done = recover(srv.runtime.catalog, srv.runtime.store, srv.runtime.journal)
+        assert [d["change"] for d in done] == ["upload"], done
+        meta = topic_meta(c, "lost/t")
+        assert meta["upload_state"] == "interrupted"
+        assert meta["data_info"]["total_row_count"] == indexed > 0
+        assert read_ts(c, "lost/t") == list(range(indexed))
+        act(c, "session_finalize", {"session_uuid": sess})
+        assert_store_matches_catalog(srv)
+    finally:
+        c.close()

@@ -115,11 +115,7 @@ class Journal:
             owner=self.owner_key, kind=kind, target=target, created_unix_tstamp=now_ns)
             .returning(pending_change_t.c.change_id)).scalar_one()
 
-    @staticmethod
-    def done(conn: Connection, change_id: int) -> None:
-        """Clear a change, in the transaction that applies it to the catalog."""
-        conn.execute(pending_change_t.delete().where(pending_change_t.c.change_id == change_id))
-
     def forget(self, change_id: int) -> None:
+        """Drop a change that was taken back (the catalog clears applied ones: ``repo._clear``)."""
         with self.engine.begin() as conn:
-            self.done(conn, change_id)
+            conn.execute(pending_change_t.delete().where(pending_change_t.c.change_id == change_id))

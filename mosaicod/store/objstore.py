@@ -23,18 +23,9 @@ class StoreUnavailable(Exception):
 
 def _outage_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [OSError, TimeoutError]  # s3fs maps most S3 failures to OSError
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError  # connection, timeout, HTTP errors
 
-        types += [BotoCoreError, ClientError]
-    except ImportError:  # pragma: no cover - s3fs brings botocore
-        pass
-    try:
-        from aiohttp import ClientError as HttpClientError
-
-        types.append(HttpClientError)
-    except ImportError:  # pragma: no cover
-        pass
+    types += [BotoCoreError, ClientError]
     return tuple(types)
 
 
