@@ -281,3 +281,36 @@ def test_sigkill_during_a_delete_completes_it(what, point, crash_env, db_url, tm
     finally:
         srv.stop()
 
+
+
+def test_running_server_recovers_a_dead_peer(crash_env, db_url, tmp_path):
+    """Two servers share the catalog and the store; one dies mid-upload.  The other one, still
+    running, completes the dead one's upload in its periodic recovery pass (no restart needed),
+    and never touches a live peer's work."""
+    import time
+
+    env = {**crash_env(None), "MOSAICOD_HEARTBEAT_INTERVAL": "1"}  # recovery pass every 3 s
+    survivor = start_serve([], env, tmp_path / "survivor.log")
+    try:
+        victim = start_serve([], crash_env("upload:chunk_open"), tmp_path / "victim.log")
+        c = flight.FlightClient(victim.location)
+        try:
+            with pytest.raises(SERVER_DIED):
+                write_sequence(c, "s")
+            assert victim.proc.wait(30) == -signal.SIGKILL
+        finally:
+            c.close()
+            victim.stop()
+        c = flight.FlightClient(survivor.location)
+        try:
+            deadline = time.monotonic() + 60
+            while topic(c, "s/t")["upload_state"] != "interrupted" and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert topic(c, "s/t")["upload_state"] == "interrupted"
+            assert_store_matches_catalog(db_url, tmp_path / "data")
+            write_sequence(c, "after")  # the survivor's own uploads were never taken for abandoned
+            assert topic(c, "after/t")["upload_state"] == "finalized"
+        finally:
+            c.close()
+    finally:
+        survivor.stop()
