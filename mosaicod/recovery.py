@@ -191,8 +191,10 @@ def _file_stats(store: ObjectStore, key: str, schema: pa.Schema) -> ChunkStats:
     Parquet file (a chunk that was being written when the server died has no footer)."""
     stats = ChunkStats(schema)
     pf = open_parquet(store, key)
-    for batch in pf.iter_batches(batch_size=65536):
-        stats.update(batch)
+    for rg in range(pf.metadata.num_row_groups):  # per row group, as the writer and rebuild-catalog do
+        stats.start_row_group()
+        for batch in pf.iter_batches(batch_size=65536, row_groups=[rg]):
+            stats.update(batch)
     return stats
 
 
