@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 
 from . import errors, logs
 from .catalog.journal import Journal, live_owners
-from .catalog.repo import Catalog
+from .catalog.repo import Catalog, insert_chunk_rows
 from .catalog.tables import chunk_t, pending_change_t, sequence_t, session_t, topic_t
 from .store import layout
 from .store.chunks import open_parquet
@@ -230,8 +230,8 @@ def _upload(conn: Connection, catalog: Catalog, store: ObjectStore, t: dict) -> 
         stats = _file_stats(store, key, schema)
         if arrow_size is not None:
             stats.arrow_size_bytes = arrow_size  # as committed (what the writer measured)
-        catalog.insert_chunk(topic_id=topic_id, ontology_tag=topic["ontology_tag"], data_file=key,
-                             size_bytes=size, stats=stats, conn=conn)
+        insert_chunk_rows(conn, topic_id=topic_id, ontology_tag=topic["ontology_tag"], data_file=key,
+                          size_bytes=size, stats=stats)
         return stats
 
     if commit is not None and commit.get("state") in ("finalized", "interrupted"):
@@ -265,8 +265,8 @@ def _upload(conn: Connection, catalog: Catalog, store: ObjectStore, t: dict) -> 
         if stats.row_count == 0:
             store.delete(key)
             continue
-        catalog.insert_chunk(topic_id=topic_id, ontology_tag=topic["ontology_tag"], data_file=key,
-                             size_bytes=size, stats=stats, conn=conn)
+        insert_chunk_rows(conn, topic_id=topic_id, ontology_tag=topic["ontology_tag"], data_file=key,
+                          size_bytes=size, stats=stats)
         entries.append((index_no, {"size_bytes": size, "row_count": stats.row_count,
                                    "arrow_size_bytes": stats.arrow_size_bytes}, stats))
     entries.sort(key=lambda e: e[0])

@@ -42,6 +42,11 @@ class BackgroundWriter:
         return self.writer.chunks
 
     @property
+    def chunk_open(self) -> bool:
+        """The writer has a chunk file with row groups but no footer yet."""
+        return self.writer.chunk_open
+
+    @property
     def queued_bytes(self) -> int:
         return self._queued
 
