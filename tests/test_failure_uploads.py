@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -181,7 +182,7 @@ def test_upload_left_uploading_without_a_claim_is_recovered(small_chunks):
     try:
         sess, tid = new_topic(c, "lost", "t")
         service = srv.flight.service
-        upload = service.begin_upload(json.dumps({"resource_locator": "lost/t", "topic_uuid": tid}).encode(), SCHEMA)
+        upload = service.begin_upload("lost/t", uuid.UUID(tid), SCHEMA)
         for k in range(8):
             ts = np.arange(k * 25_000, (k + 1) * 25_000, dtype=np.int64)
             upload.write(pa.record_batch([pa.array(ts), pa.array(np.random.default_rng(k).random(25_000))],
