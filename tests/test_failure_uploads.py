@@ -187,7 +187,10 @@ def test_upload_left_uploading_without_a_claim_is_recovered(small_chunks):
             ts = np.arange(k * 25_000, (k + 1) * 25_000, dtype=np.int64)
             upload.write(pa.record_batch([pa.array(ts), pa.array(np.random.default_rng(k).random(25_000))],
                                          schema=SCHEMA))
-        assert upload.writer.chunk_open and upload.writer.chunks
+        deadline = time.monotonic() + 30  # the chunk writer runs on its own thread
+        while not (upload.writer.queued_bytes == 0 and upload.writer.chunk_open and upload.writer.chunks):
+            assert time.monotonic() < deadline, "the writer thread did not catch up"
+            time.sleep(0.05)
         indexed = topic_meta(c, "lost/t")["data_info"]["total_row_count"]
         with srv.runtime.engine.begin() as conn:  # the claim is lost; the stream never ends
             conn.execute(pending_change_t.delete())
