@@ -13,6 +13,7 @@ from .catalog.journal import Journal, Owner
 from .catalog.repo import Catalog
 from .config import ConfigError, Settings
 from .metrics import MIDDLEWARE_KEY, MetricsMiddlewareFactory
+from .recovery import recover
 from .server import MosaicoFlightServer
 from .service import Service
 from .store.objstore import ObjectStore
@@ -64,8 +65,6 @@ def build_server(runtime: Runtime, *, host: str | None = None, port: int | None 
     port = settings.port if port is None else port
     kwargs = server_tls_kwargs(settings)  # {} without TLS
     location = f"{scheme(settings)}://{host}:{port}"
-    from .recovery import recover
-
     recover(runtime.catalog, runtime.store)  # what a crashed server left half done, before serving
     try:
         return MosaicoFlightServer(Service(settings, runtime.catalog, runtime.store, runtime.journal), location,

@@ -7,6 +7,7 @@ import signal
 
 from .. import allocator, logs, metrics, registry
 from ..catalog.db import CatalogUnavailable
+from ..recovery import RecoveryLoop
 from ..runtime import Runtime, build_server
 from ..store.objstore import StoreUnavailable
 from ..tls import server_tls_kwargs, warn_if_insecure
@@ -69,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
                                    runtime.store) if settings.metrics_port else None)
         instance = registry.Instance(runtime.engine, "server", address=f"{settings.host}:{server.port}",
                                      interval=settings.heartbeat_interval).start()
-        from ..recovery import RecoveryLoop
-
         recovery = RecoveryLoop(runtime, interval=3 * settings.heartbeat_interval).start()
         try:
             stop.serving = True  # from here on a SIGTERM interrupts
