@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_core import MiB, ImuData, Mosaicod, drain, free_port  # noqa: E402
+from bench_core import MiB, ImuData, Mosaicod, drain, stop_process  # noqa: E402
 
 WRITERS = READERS = 4
 
@@ -142,10 +142,7 @@ def main(argv=None) -> int:
         first = Mosaicod(workdir, "shared")
         servers.append(first)
         for k in range(1, args.servers):  # the same data dir: joins the embedded PostgreSQL and store
-            srv = Mosaicod.__new__(Mosaicod)
-            srv.data_dir, srv.log, srv.cmd, srv.env = first.data_dir, workdir / f"mosaicod-{k}.log", first.cmd, first.env
-            srv._start()
-            servers.append(srv)
+            servers.append(Mosaicod(workdir, f"shared-{k}", data_dir=first.data_dir))
         locs = [s.location for s in servers]
         print(f"[{time.monotonic() - started:5.0f}s] storing {READERS + 1} topics to read", flush=True)
         for r in range(READERS + 1):
@@ -162,8 +159,9 @@ def main(argv=None) -> int:
             jobs.append(("r", locs[(i + 1) % len(locs)], f"stored_{i}", 0, 0))
         l_wall, l_bytes, l_res, l_lat = run_phase(jobs, locs)
     finally:
-        for srv in servers[1:]:
-            srv._stop()
+        for srv in servers[1:]:  # the processes that joined; the first one stops the shared PostgreSQL
+            srv.client.close()
+            stop_process(srv.proc)
         if servers:
             servers[0].close()
         shutil.rmtree(workdir, ignore_errors=True)

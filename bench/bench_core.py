@@ -311,9 +311,10 @@ def drain(reader) -> tuple[int, int]:
 class Mosaicod:
     """`mosaicod serve` as a user runs it, in a fresh data dir."""
 
-    def __init__(self, workdir: Path, tag: str, code_dir: Path | None = None):
-        """``code_dir``: run the ``mosaicod`` package found there (e.g. an older revision)."""
-        self.data_dir = workdir / f"mosaicod-{tag}"
+    def __init__(self, workdir: Path, tag: str, code_dir: Path | None = None, data_dir: Path | None = None):
+        """``code_dir``: run the ``mosaicod`` package found there (e.g. an older revision);
+        ``data_dir``: another server's data dir, to share its catalog and store."""
+        self.data_dir = data_dir or workdir / f"mosaicod-{tag}"
         self.log = workdir / f"mosaicod-{tag}.log"
         exe = Path(sys.executable).with_name("mosaicod")
         self.env = clean_env()
