@@ -41,7 +41,7 @@ def add_topic(cat: Catalog, store: ObjectStore, seq: str, session: uuid.UUID, pa
                      sequence_locator=seq)
     topic_id = cat.topic(locator)["topic_id"]
     folder = "tp_" + uuid.uuid4().hex
-    cat.start_upload(topic_id, tuuid, locator, folder, schema.serialize().to_pybytes())
+    cat.set_upload_folder(topic_id, folder, schema.serialize().to_pybytes())
     for i, table in enumerate(chunks):
         table = table.cast(schema).sort_by("timestamp_ns")
         key = f"{folder}/data/{i:05d}.parquet"

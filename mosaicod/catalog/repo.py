@@ -295,28 +295,6 @@ class Catalog:
                                      .order_by(topic_t.c.creation_unix_tstamp, topic_t.c.topic_id))
                         .mappings())
 
-    def start_upload(self, topic_id: int, topic_uuid: uuidlib.UUID, locator: str, folder: str,
-                     schema_ipc: bytes) -> None:
-        """The single-writer barrier: claim an EMPTY topic for one DoPut stream."""
-        with self._session_step() as conn:
-            row = conn.execute(sa.select(topic_t.c.topic_uuid, topic_t.c.path_in_store,
-                                         topic_t.c.completion_unix_tstamp, topic_t.c.interrupted_unix_tstamp)
-                               .where(topic_t.c.topic_id == topic_id).with_for_update()).mappings().first()
-            if row is None:
-                raise errors.not_found(f"Topic `{locator}`")
-            if row["topic_uuid"] != topic_uuid:
-                raise errors.unauthorized(f"wrong topic uuid for topic `{locator}`")
-            if row["completion_unix_tstamp"] is not None:
-                raise errors.precondition(f"Topic `{locator}` has already been uploaded and finalized.")
-            if row["interrupted_unix_tstamp"] is not None:
-                raise errors.precondition(
-                    f"Topic `{locator}`: its upload was interrupted; what was received is kept and "
-                    "readable. Finalize the session to keep it, or delete the topic to upload again.")
-            if row["path_in_store"] is not None:
-                raise errors.precondition(f"Topic `{locator}` is already uploading data.")
-            conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id)
-                         .values(path_in_store=folder, arrow_schema=schema_ipc))
-
     def claim_upload(self, topic_id: int, topic_uuid: uuidlib.UUID, locator: str,
                      claim: Callable[[Connection], int]) -> int:
         """The single-writer barrier of a DoPut stream: check that the topic is EMPTY and not
