@@ -315,6 +315,37 @@ def test_sigterm_while_serve_starts_stops_it_and_its_embedded_postgres(tmp_path)
         pytest.fail("the embedded PostgreSQL outlived serve")
 
 
+@pytest.mark.parametrize("command", ["cleanup", "store-optimizer"])
+def test_sigterm_while_a_maintenance_loop_starts_stops_it(tmp_path, command):
+    """As serve: `docker stop` while `cleanup` / `store-optimizer` start (embedded PostgreSQL
+    starting, migrations). The request is recorded from the first moment and carried out once
+    connected: exit 0 without a run, instead of dying on the signal or waiting for docker's kill."""
+    import signal
+    import time
+
+    from tests.ops_helpers import MOSAICOD, base_env
+
+    os.chmod(tmp_path, 0o755)  # run as root, the embedded PostgreSQL runs as another user
+    data = tmp_path / "data"
+    pidfile = data / "postgres" / "postmaster.pid"
+    env = base_env(MOSAICOD_DATA_DIR=str(data))
+    proc = subprocess.Popen([*MOSAICOD, command], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not pidfile.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert pidfile.exists(), "the embedded PostgreSQL did not start"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (proc.returncode, out)
+    assert "stopped before the first run" in out and "Traceback" not in out, out
+
+
 def test_processes_starting_together_on_a_fresh_data_dir_share_one_embedded_catalog(tmp_path):
     """README's Security block pastes `serve &` and `api-key create` back to back on a fresh data
     dir: both create the embedded catalog database at once, and the loser of that race must join

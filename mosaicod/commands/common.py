@@ -1,10 +1,12 @@
 """What every sub-command shares: the help formatter, flags generated from the settings table,
-settings resolution from the parsed flags, and the one-line error exit."""
+settings resolution from the parsed flags, the one-line error exit and the stop signals."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import Any
 
 from .. import logs
@@ -67,3 +69,48 @@ def fail(message: str, code: int = 1) -> int:
     """Print ``mosaicod: error: <message>`` on stderr; returns the exit status."""
     print(f"mosaicod: error: {message}", file=sys.stderr)
     return code
+
+
+class StopSignals:
+    """Stop requests by signal (SIGTERM: docker stop; SIGINT: Ctrl-C), handled from a command's
+    first moment: as PID 1 in a container an unhandled SIGTERM is ignored and docker kills after
+    10 s; elsewhere it kills at once, leaving an embedded PostgreSQL being started unmanaged.
+
+    A request is recorded in ``requested`` (an event the work checks between units).  Once
+    ``interrupt`` is set (``interrupt_from_now``) a request also raises KeyboardInterrupt, for a
+    main thread blocked in a call that only an exception leaves (the Flight server)."""
+
+    def __init__(self, *signums: signal.Signals, log_as: str | None = None) -> None:
+        self.signums = signums
+        self.log_as = log_as
+        self.requested = threading.Event()
+        self.interrupt = False
+        self._previous: dict = {}
+
+    def install(self) -> StopSignals:
+        for sig in self.signums:
+            self._previous[sig] = signal.signal(sig, self)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> StopSignals:
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def interrupt_from_now(self) -> bool:
+        """Let later requests interrupt; False when one came already (stop instead of starting)."""
+        self.interrupt = True
+        return not self.requested.is_set()
+
+    def __call__(self, signum, frame) -> None:
+        if self.log_as:
+            logs.get("mosaicod").info(self.log_as, signal=signal.Signals(signum).name)
+        self.requested.set()
+        if self.interrupt:
+            raise KeyboardInterrupt

@@ -11,7 +11,8 @@ from ..recovery import RecoveryLoop
 from ..runtime import Runtime, build_server
 from ..store.objstore import StoreUnavailable
 from ..tls import server_tls_kwargs, warn_if_insecure
-from .common import EPILOG, Formatter, add_config_options, add_setting_flags, fail, settings_from_args
+from .common import (EPILOG, Formatter, StopSignals, add_config_options, add_setting_flags, fail,
+                     settings_from_args)
 
 HELP = """\
 Run the mosaicod Arrow Flight server.
@@ -30,26 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class _StopOnSigterm:
-    """SIGTERM (docker stop): the same clean stop as Ctrl-C.  Handled from the first moment (as
-    PID 1 in a container an unhandled SIGTERM is ignored, and docker kills after 10 s; elsewhere it
-    kills at once, leaving the embedded PostgreSQL running).  While starting, the request is only
-    recorded: interrupting the start of the embedded PostgreSQL half-way would leave it running
-    unmanaged; it is honoured as soon as the server is up."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.serving = False
-
-    def __call__(self, signum, frame) -> None:
-        self.requested = True
-        if self.serving:
-            raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
-    stop = _StopOnSigterm()
-    signal.signal(signal.SIGTERM, stop)
+    # SIGTERM (docker stop): the same clean stop as Ctrl-C.  While starting, the request is only
+    # recorded: interrupting the start of the embedded PostgreSQL half-way would leave it running
+    # unmanaged; it is honoured as soon as the server is up.
+    stop = StopSignals(signal.SIGTERM).install()
     malloc = allocator.tune()  # before any server thread allocates
     settings = settings_from_args(args)
     log = logs.get("mosaicod.serve")
@@ -72,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
                                      interval=settings.heartbeat_interval).start()
         recovery = RecoveryLoop(runtime, interval=3 * settings.heartbeat_interval).start()
         try:
-            stop.serving = True  # from here on a SIGTERM interrupts
-            if not stop.requested:
+            if stop.interrupt_from_now():  # from here on a SIGTERM interrupts
                 server.serve()
         except KeyboardInterrupt:
             pass  # Ctrl-C / SIGTERM: stop cleanly below
