@@ -108,3 +108,29 @@ def test_embedded_postgres_start_prints_no_warnings(tmp_path):
     res = run(["ps", "--data-dir", str(tmp_path)], timeout=120)
     assert res.returncode == 0, res.stderr
     assert "Warning" not in res.stderr and "XDG_RUNTIME_DIR" not in res.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "store-optimizer", "cleanup"])
+def test_start_removes_merge_spill_folders_of_dead_processes_only(tmp_path, command):
+    """The disorder-safe reader spills to TMPDIR/mosaicod-merge-<pid>-*; after a SIGKILL they stay.
+    serve's start (and the maintenance loops', the optimizer reads through the same reader; each
+    may run in its own container) removes those of dead processes, never a live process's (nor
+    unknown folders)."""
+    import os
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process now
+    stale = tmp / f"mosaicod-merge-{dead.pid}-abc123"
+    live = tmp / f"mosaicod-merge-{os.getpid()}-def456"  # this test process: alive
+    other = tmp / "mosaicod-merge-x1y2z3"  # no owner in its name: not ours to judge
+    for d in (stale, live, other):
+        d.mkdir()
+        (d / "run.arrows").write_bytes(b"x" * 100)
+    port = free_port()  # nothing listens there: serve cleans up, then fails to reach its catalog
+    res = run([command, "--data-dir", str(tmp_path / "data")],
+              env={"MOSAICOD_DB_URL": f"postgresql://127.0.0.1:{port}/x", "TMPDIR": str(tmp)})
+    assert res.returncode == 1, res.stderr
+    assert not stale.exists()
+    assert live.exists() and (live / "run.arrows").exists() and other.exists()

@@ -5,6 +5,7 @@ groups, reads that stop when asked, and rows refused up front (null timestamps).
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -429,7 +430,12 @@ def test_bounded_fan_in_merges_through_spill_files(store, tmp_path, monkeypatch,
             assert list(spill_root.iterdir()) == []
         it = read_topic(store, files, SCHEMA, batch_rows=700, fan_in=fan_in)
         next(it)
-        assert list(spill_root.iterdir()) != []  # spilled before the first batch
+        spills = list(spill_root.iterdir())
+        assert spills != []  # spilled before the first batch
+        # named with the owning pid, so serve's start can tell a killed server's folders
+        assert all(p.name.startswith(f"mosaicod-merge-{os.getpid()}-") for p in spills), spills
+        assert reader_mod.remove_stale_spill_dirs(starting=False) == 0  # never a live reader's
+        assert list(spill_root.iterdir()) == spills
         it.close()
         assert list(spill_root.iterdir()) == []
 

@@ -10,6 +10,7 @@ from .. import logs, metrics, registry
 from ..catalog.db import CatalogUnavailable, connect
 from ..config import Settings
 from ..store.objstore import ObjectStore, StoreUnavailable
+from ..store.reader import remove_stale_spill_dirs
 from .common import StopSignals, fail
 
 log = logs.get(__name__)
@@ -25,6 +26,7 @@ def run_maintenance(settings: Settings, kind: str, interval: int,
     with StopSignals(signal.SIGINT, signal.SIGTERM,
                      log_as="stop requested; finishing the current step") as signals:
         stop = signals.requested
+        remove_stale_spill_dirs()  # the optimizer reads through the merge reader: a killed one's folders
         try:
             engine = connect(settings)
             store = ObjectStore.from_settings(settings)

@@ -10,6 +10,7 @@ from ..catalog.db import CatalogUnavailable
 from ..recovery import RecoveryLoop
 from ..runtime import Runtime, build_server
 from ..store.objstore import StoreUnavailable
+from ..store.reader import remove_stale_spill_dirs
 from ..tls import server_tls_kwargs, warn_if_insecure
 from .common import (EPILOG, Formatter, StopSignals, add_config_options, add_setting_flags, fail,
                      settings_from_args)
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     log.debug("malloc settings", **malloc)
     warn_if_insecure(settings, log)
     server_tls_kwargs(settings)  # reject bad certificate/key files before starting anything
+    remove_stale_spill_dirs()  # merge spill folders of a killed server (SIGKILL, OOM)
     try:
         runtime = Runtime.open(settings)
     except (CatalogUnavailable, StoreUnavailable) as exc:

@@ -19,9 +19,11 @@ number of runs that overlap one instant, which the plan bounds whatever the arri
   group; an in-order read holds one whole row group, ~65 MB);
 * beyond that, each row group of the component is first copied, sorted, into a temporary Arrow
   IPC file of ~1 MiB batches (one row group at a time: the memory of an in-order read), in the
-  system temp directory (``TMPDIR``; the files are deleted as they are consumed and when the read
-  ends); a merge then reads up to ``fan_in`` (32) of those files at once, one small batch each,
-  and where more overlap, groups of ``fan_in`` are merged into one file first, until none do.
+  system temp directory (``TMPDIR``, in a ``mosaicod-merge-<pid>-*`` folder; the files are deleted
+  as they are consumed and when the read ends; those a killed process left are removed when serve,
+  cleanup or store-optimizer starts: ``remove_stale_spill_dirs``); a merge then reads up to ``fan_in``
+  (32) of those files at once, one small batch each, and where more overlap, groups of ``fan_in``
+  are merged into one file first, until none do.
 
 Reading a disordered topic thus costs disk I/O and time, not memory; the store optimizer rewrites
 it once into sorted, non-overlapping chunks, which read like an in-order topic.
@@ -30,6 +32,7 @@ it once into sorted, non-overlapping chunks, which read like an in-order topic.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -51,6 +54,8 @@ FAN_IN = 32  # spilled runs one merge reads at once (each holds one batch of ~ME
 PARQUET_FAN_IN = 2  # row groups merged straight from Parquet (each holds ~2 MiB per column)
 MERGE_READ_BUFFER = 64 * 1024  # per-column read buffer of a row group being merged
 MERGE_BATCH_BYTES = 1 << 20  # rows read at once from a run being merged, and per spilled batch
+SPILL_PREFIX = "mosaicod-merge-"  # + "<owning pid>-<random>": a spill folder in the temp directory
+_SPILL_NAME = re.compile(re.escape(SPILL_PREFIX) + r"([0-9]+)-.+")
 
 
 @dataclass(eq=False)
@@ -160,7 +165,7 @@ class _Reader:
     # -- spilling -----------------------------------------------------------------------------
     def _spill_path(self) -> str:
         if self._spill_dir is None:
-            self._spill_dir = tempfile.mkdtemp(prefix="mosaicod-merge-")
+            self._spill_dir = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
         fd, path = tempfile.mkstemp(suffix=".arrows", dir=self._spill_dir)
         os.close(fd)
         return path
@@ -462,3 +467,43 @@ def read_topic(store: ObjectStore, data_files: list[str | tuple[str, int | None]
 
 def _never() -> bool:
     return False
+
+
+def remove_stale_spill_dirs(*, starting: bool = True) -> int:
+    """Remove the spill folders a killed process left in the temp directory (a read removes its own
+    when it ends, but not after a SIGKILL): those whose owning process is dead and, when
+    ``starting``, those named with this process's own pid (a previous process with the same pid,
+    e.g. PID 1 of a restarted container; a process that is starting reads nothing yet).  A live
+    process's folder and folders not named ``mosaicod-merge-<pid>-*`` are left alone.  Returns
+    the number removed."""
+    root = tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        owner = _SPILL_NAME.fullmatch(name)
+        if owner is None:
+            continue
+        pid = int(owner[1])
+        stale = (starting and pid == os.getpid()) or not _alive(pid)
+        if not stale:
+            continue
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += not os.path.exists(path)
+    if removed:
+        log.info("removed temporary merge folders left by stopped processes", folders=removed, dir=root)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
