@@ -16,7 +16,7 @@ import pyarrow.flight as flight
 from . import descriptors, errors, metrics
 from .logs import get as get_logger
 from .permissions import ACTION_PERMISSIONS, RPC_PERMISSIONS, Permission, camel
-from .service import Service
+from .service import STOPPING, Service
 from .tickets import TopicTicket
 from .wirejson import parse_object
 
@@ -91,7 +91,9 @@ class MosaicoFlightServer(flight.FlightServerBase):
         errors.install_wire_formatting()  # no traceback in any status detail (see errors.py)
         super().__init__(location, middleware=middleware or None, **flight_kwargs)
         self.service = service
-        self._stopping = threading.Event()  # set by shutdown(): running reads end at their next step
+        self._stopping = threading.Event()  # set by shutdown(): running reads and uploads end at their next step
+        self._uploads: set = set()  # the running DoPut streams (service.Upload), for shutdown()
+        self._uploads_lock = threading.Lock()
         self._actions: dict[str, Callable[[dict], Any]] = {
             "info": service.info,
             "version": service.info,  # the older dialect's name of `info`
@@ -154,14 +156,20 @@ class MosaicoFlightServer(flight.FlightServerBase):
         upload = self.service.begin_upload(locator, topic_uuid, reader.schema)
         metrics.annotate(context, resource=upload.topic["locator_name"])
         started = time.monotonic()
+        with self._uploads_lock:
+            self._uploads.add(upload)
         try:
             for batch in _put_batches(reader, context):
                 upload.write(batch)
+                if self._stopping.is_set():  # what was received is kept; the stop does not wait for the rest
+                    raise errors.MosaicoError(errors.Kind.UNAVAILABLE, STOPPING)
             upload.finish()
         except BaseException as exc:
             upload.interrupt(_broken_reason(exc))
             raise
         finally:
+            with self._uploads_lock:
+                self._uploads.discard(upload)
             metrics.annotate(context, bytes_in=upload.bytes_in)
         log.info("upload finished", topic=upload.topic["locator_name"], rows=upload.rows,
                  bytes=upload.bytes_in, seconds=round(time.monotonic() - started, 3))
@@ -207,10 +215,27 @@ class MosaicoFlightServer(flight.FlightServerBase):
                                   [flight.FlightEndpoint(name.encode(), [])], -1, -1)
                 for name in self.service.sequence_names()]
 
-    def shutdown(self) -> None:
-        """Stop serving: reads in progress stop at their next step, then wait for the calls."""
+    def shutdown(self, grace: float | None = None) -> bool:
+        """Stop serving: reads and uploads in progress stop at their next step (an upload ends
+        *interrupted*), then wait for the calls.  A stream that sends nothing keeps its call
+        waiting for the client; with ``grace`` (seconds), the uploads still running after it are
+        interrupted from here (every row received is kept) and False is returned: some calls are
+        still open, and only the end of the process cuts them."""
         self._stopping.set()
-        super().shutdown()
+        if grace is None:
+            super().shutdown()
+            return True
+        waiting = threading.Thread(target=super().shutdown, name="flight-shutdown", daemon=True)
+        waiting.start()
+        waiting.join(grace)
+        if not waiting.is_alive():
+            return True
+        with self._uploads_lock:
+            idle = list(self._uploads)
+        for upload in idle:
+            upload.interrupt("the server was stopped")
+        log.warning("stopped with calls still open", uploads_interrupted=len(idle), grace_seconds=grace)
+        return False
 
     def do_exchange(self, context, descriptor, reader, writer):
         raise errors.Unimplemented("Unimplemented: DoExchange is not supported by mosaicod")

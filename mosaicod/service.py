@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import uuid as uuidlib
 from typing import Any, Callable, Iterator
@@ -428,6 +429,8 @@ class Service:
         return views.view_schema(schema), views.view_batches(_outages_in(batches, "reading the topic"), schema)
 
 
+STOPPING = ("the server was stopped; every row received is kept in the interrupted topic: "
+            "send the rest to a new topic once the server is back")
 OUTAGES = STORE_OUTAGES + (sa.exc.OperationalError, sa.exc.InterfaceError)  # store or catalog down
 
 
@@ -468,6 +471,9 @@ class Upload:
         self.rows = 0
         self.bytes_in = 0
         self.ended = False  # finished or interrupted
+        # write/finish/interrupt never overlap: a stopping server interrupts an idle stream from
+        # another thread than the one reading it (MosaicoFlightServer.shutdown)
+        self._lock = threading.Lock()
 
     def _index_chunk(self, chunk: ChunkInfo) -> None:
         crash_point("upload:chunk_stored")  # the chunk file is closed, not indexed yet
@@ -476,6 +482,15 @@ class Upload:
                                           stats=chunk.stats)
 
     def write(self, batch: pa.RecordBatch) -> None:
+        with self._lock:
+            self._check_open()
+            self._write(batch)
+
+    def _check_open(self) -> None:
+        if self.ended:  # interrupted meanwhile by the server's stop
+            raise errors.MosaicoError(errors.Kind.UNAVAILABLE, STOPPING)
+
+    def _write(self, batch: pa.RecordBatch) -> None:
         if not batch.schema.equals(self.schema, check_metadata=False):
             raise errors.bad_request("the batch schema differs from the schema sent at the start of the "
                                      "upload; send every batch of a topic with the same schema")
@@ -492,7 +507,8 @@ class Upload:
 
     def finish(self) -> None:
         """Clean end of stream: close the last chunk, commit the folder, then finalize the topic."""
-        with _outages("finishing the upload"):
+        with self._lock, _outages("finishing the upload"):
+            self._check_open()
             self._finish()
 
     def _finish(self) -> None:
@@ -514,13 +530,14 @@ class Upload:
         other -- commit the folder as *interrupted*, then mark the topic (state ``interrupted``
         plus a topic notification).  Never raises: each step that fails is logged, and what the
         store holds is recovered at the next start."""
-        if self.ended:
-            return
-        self.ended = True
-        try:
-            self._interrupt(reason)
-        finally:  # whatever could not be recorded is completed by the recovery (mosaicod/recovery.py)
-            self.service.journal.active_uploads.discard(self.change)
+        with self._lock:
+            if self.ended:
+                return
+            self.ended = True
+            try:
+                self._interrupt(reason)
+            finally:  # whatever could not be recorded is completed by the recovery (mosaicod/recovery.py)
+                self.service.journal.active_uploads.discard(self.change)
 
     def _interrupt(self, reason: str) -> None:
         svc, locator = self.service, self.topic["locator_name"]
