@@ -210,19 +210,24 @@ def assert_serves(location: str) -> None:
         c.close()
 
 
+def check_against(srv, db_url: str, check) -> None:
+    """Run ``check(client, catalog_connection)`` against the restarted server and its catalog."""
+    c = flight.FlightClient(srv.location)
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as db:
+            check(c, db)
+    finally:
+        c.close()
+        engine.dispose()
+
+
 @pytest.mark.parametrize("point", list(POINTS))
 def test_sigkill_at_named_point(point, crash_env, db_url, tmp_path):
     srv = crash_then_restart(crash_env, tmp_path, point, lambda c: write_sequence(c, "s"))
     try:
         assert_store_matches_catalog(db_url, tmp_path / "data")
-        c = flight.FlightClient(srv.location)
-        engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
-        try:
-            with engine.connect() as db:
-                POINTS[point](c, db)
-        finally:
-            c.close()
-            engine.dispose()
+        check_against(srv, db_url, POINTS[point])
         assert_store_matches_catalog(db_url, tmp_path / "data")
         assert_serves(srv.location)
     finally:
@@ -236,14 +241,7 @@ def test_sigkill_while_recording_an_interrupted_upload(crash_env, db_url, tmp_pa
                              lambda c: write_sequence(c, "s", abort_after=3))
     try:
         assert_store_matches_catalog(db_url, tmp_path / "data")
-        c = flight.FlightClient(srv.location)
-        engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
-        try:
-            with engine.connect() as db:
-                _interrupted(exact=3 * BATCH_ROWS)(c, db)
-        finally:
-            c.close()
-            engine.dispose()
+        check_against(srv, db_url, _interrupted(exact=3 * BATCH_ROWS))
         assert_serves(srv.location)
     finally:
         srv.stop()
