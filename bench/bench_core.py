@@ -318,6 +318,9 @@ class Mosaicod:
         self.log = workdir / f"mosaicod-{tag}.log"
         exe = Path(sys.executable).with_name("mosaicod")
         self.env = clean_env()
+        # `python -m` puts the working directory first on sys.path: run from the code dir, or a
+        # checkout's own `mosaicod` package would shadow the one asked for
+        self.cwd = str(code_dir) if code_dir is not None else None
         if code_dir is not None:
             self.env["PYTHONPATH"] = str(code_dir)
             self.cmd = [sys.executable, "-m", "mosaicod"]
@@ -330,7 +333,7 @@ class Mosaicod:
         self.proc = subprocess.Popen(
             [*self.cmd, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
              "--log-level", "warning", "--log-format", "plain"],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env)
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
         self.location = f"grpc://127.0.0.1:{self.port}"
         self.client = flight.FlightClient(self.location)
         wait_ready(self.client, self.proc, "info", 180, self.log)

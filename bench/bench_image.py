@@ -188,10 +188,11 @@ def write_path_cpu(data: Images, workdir: Path, reps: int = 5) -> dict[str, list
 
 
 def checkout(rev: str, into: Path) -> Path:
-    """The ``mosaicod`` package of git revision ``rev`` of this repository, extracted under ``into``."""
+    """The ``mosaicod`` package of git revision ``rev`` of this repository and its ``migrations``
+    (which the package finds next to itself), extracted under ``into``."""
     repo = HERE.parent
     into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "mosaicod"], check=True,
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "mosaicod", "migrations"], check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
