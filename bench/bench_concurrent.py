@@ -16,6 +16,12 @@ client in its own process speaking the protocol through ``pyarrow.flight`` (IMU-
 * single: 1 writer (a new topic) and 1 reader (a stored topic) at the same time, one server;
 * load: 4 writers (4 new topics) and 4 readers (the 4 stored topics) at the same time.
 
+Before them, one writer alone and one reader alone measure the server CPU a byte costs on each
+path.  For every phase the bench prints where the 2 cores went: CPU seconds (user + system) of
+the server processes, the embedded PostgreSQL (postmaster and backends), the client processes
+(their own CPU time, from the release of the start signal to their end) and the whole machine
+(``/proc/stat``, non-idle), and the cores busy on average (machine CPU / wall).
+
 Aggregate throughput = Arrow bytes written + read by all clients / wall time of the phase.
 Target: load >= 1.6x single.  During the load phase a probe sends ``info`` every 25 ms to the
 servers in turn; target: ``info`` p99 <= 50 ms.
@@ -35,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.flight as flight
 
 HERE = Path(__file__).resolve().parent
@@ -83,13 +90,58 @@ def read_topic(location: str, seq: str) -> int:
 def _client(job: tuple, start: mp.Event, out: mp.Queue) -> None:
     kind, location, seq, nbytes, batch_bytes = job
     start.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     moved = write_topic(location, seq, nbytes, batch_bytes) if kind == "w" else read_topic(location, seq)
-    out.put((kind, seq, moved, time.perf_counter() - t0))
+    out.put((kind, seq, moved, time.perf_counter() - t0, time.process_time() - c0))
 
 
-def run_phase(jobs: list[tuple], probe_locations: list[str] | None) -> tuple[float, int, list, list[float]]:
-    """Start one process per job, release them together; returns (wall, bytes, per-client, info ms)."""
+def _proc_cpu(p: psutil.Process) -> float:
+    try:
+        t = p.cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of the servers, of the embedded PostgreSQL and of the machine."""
+
+    def __init__(self, servers: list[Mosaicod]):
+        self.servers = [s.ps for s in servers]
+        pidfiles = sorted(Path(servers[0].data_dir).rglob("postmaster.pid"))
+        self.postmaster = psutil.Process(int(pidfiles[0].read_text().split()[0])) if pidfiles else None
+
+    def _pg(self) -> dict[int, float]:
+        if self.postmaster is None:
+            return {}
+        procs = [self.postmaster, *self.postmaster.children(recursive=True)]
+        return {p.pid: _proc_cpu(p) for p in procs}
+
+    def snapshot(self) -> dict:
+        t = psutil.cpu_times()
+        procs = {}
+        for p in psutil.process_iter(["name", "cpu_times"]):
+            ct = p.info["cpu_times"]
+            if ct is not None:
+                procs[p.pid] = (p.info["name"], ct.user + ct.system)
+        return {"servers": [_proc_cpu(p) for p in self.servers], "pg": self._pg(), "procs": procs,
+                "machine": sum(t) - t.idle - getattr(t, "iowait", 0.0),
+                "irq": getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)}
+
+    @staticmethod
+    def delta(a: dict, b: dict) -> dict:
+        """CPU seconds spent between two snapshots (a backend that started in between counts whole)."""
+        spent = sorted(((v - a["procs"].get(pid, (n, 0.0))[1], n, pid) for pid, (n, v) in b["procs"].items()),
+                       reverse=True)
+        return {"servers": [y - x for x, y in zip(a["servers"], b["servers"])],
+                "pg": sum(v - a["pg"].get(pid, 0.0) for pid, v in b["pg"].items()),
+                "machine": b["machine"] - a["machine"], "irq": b["irq"] - a["irq"], "top": spent[:12]}
+
+
+def run_phase(jobs: list[tuple], probe_locations: list[str] | None, meter: CpuMeter
+              ) -> tuple[float, int, list, list[float], dict]:
+    """Start one process per job, release them together; returns (wall, bytes, per-client, info ms,
+    CPU seconds spent during the phase)."""
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_client, args=(j, start, out)) for j in jobs]
@@ -112,18 +164,31 @@ def run_phase(jobs: list[tuple], probe_locations: list[str] | None) -> tuple[flo
             c.close()
 
     prober = threading.Thread(target=probe, daemon=True) if probe_locations else None
+    cpu0 = meter.snapshot()
     t0 = time.perf_counter()
     start.set()
     if prober:
         prober.start()
     results = [out.get(timeout=1800) for _ in jobs]
     wall = time.perf_counter() - t0
+    cpu = CpuMeter.delta(cpu0, meter.snapshot())
+    cpu["clients"] = sum(r[4] for r in results)
     stop.set()
     if prober:
         prober.join()
     for p in procs:
         p.join()
-    return wall, sum(r[2] for r in results), results, latencies
+    return wall, sum(r[2] for r in results), results, latencies, cpu
+
+
+def cpu_line(name: str, wall: float, moved: int, cpu: dict) -> str:
+    srv = sum(cpu["servers"])
+    per_srv = "+".join(f"{c:.1f}" for c in cpu["servers"])
+    other = cpu["machine"] - srv - cpu["pg"] - cpu["clients"]
+    return (f"{name:8} {wall:6.2f}s {cpu['machine'] / wall:5.2f} cores busy | CPU s: server(s) {srv:5.1f}"
+            f"{f' ({per_srv})' if len(cpu['servers']) > 1 else ''}, PostgreSQL {cpu['pg']:4.1f}, "
+            f"clients {cpu['clients']:5.1f}, other {other:4.1f} (irq+softirq {cpu['irq']:.1f}) "
+            f"| server CPU s/GB {srv / (moved / 1e9):5.2f}")
 
 
 def main(argv=None) -> int:
@@ -147,17 +212,21 @@ def main(argv=None) -> int:
         print(f"[{time.monotonic() - started:5.0f}s] storing {READERS + 1} topics to read", flush=True)
         for r in range(READERS + 1):
             write_topic(locs[0], f"stored_{r}", per_stream, batch_bytes)
+        meter = CpuMeter(servers)
+        print(f"[{time.monotonic() - started:5.0f}s] alone: 1 writer, then 1 reader", flush=True)
+        alone = {"write": run_phase([("w", locs[0], "alone_w", per_stream, batch_bytes)], None, meter),
+                 "read": run_phase([("r", locs[0], f"stored_{READERS}", 0, 0)], None, meter)}
         print(f"[{time.monotonic() - started:5.0f}s] single: 1 writer + 1 reader", flush=True)
-        s_wall, s_bytes, s_res, s_lat = run_phase(
+        s_wall, s_bytes, s_res, s_lat, s_cpu = run_phase(
             [("w", locs[0], "single_w", per_stream, batch_bytes), ("r", locs[0], f"stored_{READERS}", 0, 0)],
-            [locs[0]])
+            [locs[0]], meter)
         print(f"[{time.monotonic() - started:5.0f}s] load: {WRITERS} writers + {READERS} readers over "
               f"{len(locs)} server(s)", flush=True)
         jobs = []
         for i in range(WRITERS):
             jobs.append(("w", locs[i % len(locs)], f"load_w{i}", per_stream, batch_bytes))
             jobs.append(("r", locs[(i + 1) % len(locs)], f"stored_{i}", 0, 0))
-        l_wall, l_bytes, l_res, l_lat = run_phase(jobs, locs)
+        l_wall, l_bytes, l_res, l_lat, l_cpu = run_phase(jobs, locs, meter)
     finally:
         for srv in servers[1:]:  # the processes that joined; the first one stops the shared PostgreSQL
             srv.client.close()
@@ -182,7 +251,16 @@ def main(argv=None) -> int:
           f"p99 <= 50 {'OK' if p99 <= 50 else 'MISS'}  ({len(l_lat)} probes)")
     print(f"{'info during single, p50 / p99 ms':44} {np.percentile(s_lat, 50):5.1f} /{np.percentile(s_lat, 99):5.1f}")
     for name, res in (("single", s_res), ("load", l_res)):
-        print(f"{name} clients (kind seq MB/s): " + "; ".join(f"{k} {q} {b / t / 1e6:.0f}" for k, q, b, t in res))
+        print(f"{name} clients (kind seq MB/s, CPU s): "
+              + "; ".join(f"{k} {q} {b / t / 1e6:.0f} {c:.1f}" for k, q, b, t, c in res))
+    print(f"where the {os.cpu_count()} cores went, per phase (wall, machine CPU / wall; server CPU per GB moved):")
+    for name, (wall, moved, _res, _lat, cpu) in alone.items():
+        print(cpu_line(name, wall, moved, cpu) + f" | {moved / wall / 1e6:.0f} MB/s")
+    print(cpu_line("single", s_wall, s_bytes, s_cpu))
+    print(cpu_line("load", l_wall, l_bytes, l_cpu))
+    if os.environ.get("BENCH_TOP"):
+        for name, cpu in (("single", s_cpu), ("load", l_cpu)):
+            print(f"top processes, {name}: " + ", ".join(f"{n}[{pid}] {c:.1f}" for c, n, pid in cpu["top"]))
     print(f"load average at start: {load0}; at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
