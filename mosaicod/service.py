@@ -278,11 +278,13 @@ class Service:
         if schema.field(idx).type != pa.int64():
             raise errors.bad_request(f"wrong timestamp field type, expected int64, got {schema.field(idx).type}")
         _check_storable(schema)
-        topic = self.catalog.topic(locator)
         folder = layout.new_topic_folder()
-        target = {"topic_id": topic["topic_id"], "topic_uuid": str(topic["topic_uuid"]), "folder": folder}
-        change = self.catalog.claim_upload(topic["topic_id"], topic_uuid, locator,
-                                           lambda conn: self.journal.begin("upload", target, now_ns(), conn))
+
+        def claim(conn, topic) -> int:
+            target = {"topic_id": topic["topic_id"], "topic_uuid": str(topic["topic_uuid"]), "folder": folder}
+            return self.journal.begin("upload", target, now_ns(), conn)
+
+        topic, change = self.catalog.claim_upload(locator, topic_uuid, claim)
         crash_point("upload:journaled")
         raw_schema = schema.serialize().to_pybytes()
         try:  # schema first: a folder with metadata.json has everything a rebuild needs

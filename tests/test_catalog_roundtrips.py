@@ -2,6 +2,7 @@
 without waiting for the WAL flush, reads without a transaction."""
 
 import time
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -65,3 +66,69 @@ def test_a_failing_session_step_leaves_nothing_and_the_connection_reusable(engin
     with cat._read() as conn:
         assert conn.execute(sa.text("SELECT array_agg(x) FROM step_probe")).scalar_one() == [3]
         assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
+
+
+def _stats(**columns) -> "ChunkStats":
+    import pyarrow as pa
+
+    from mosaicod.store.stats import ChunkStats
+
+    batch = pa.RecordBatch.from_pydict({"timestamp_ns": pa.array([5, 7, 9], pa.int64()), **columns})
+    stats = ChunkStats(batch.schema)
+    stats.update(batch)
+    return stats
+
+
+def _stored_stats(engine, chunk_id: int) -> dict:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT c.column_name, n.min_value, n.max_value, n.has_null, n.has_nan, NULL "
+            "FROM column_chunk_numeric_t n JOIN column_t c USING (column_id) WHERE n.chunk_id = :c "
+            "UNION ALL SELECT c.column_name, NULL, NULL, t.has_null, NULL, t.min_value || '..' || t.max_value "
+            "FROM column_chunk_textual_t t JOIN column_t c USING (column_id) WHERE t.chunk_id = :c"),
+            {"c": chunk_id}).all()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def test_a_chunk_and_its_statistics_are_indexed_in_one_statement_once_the_columns_exist(engine):
+    import pyarrow as pa
+
+    from mosaicod.catalog.repo import insert_chunk_rows
+    from mosaicod.catalog.tables import sequence_t, session_t, topic_t
+
+    with engine.begin() as conn:
+        seq = conn.execute(sequence_t.insert().values(
+            sequence_uuid=uuid.uuid4(), locator_name="s", path_in_store="sq_x",
+            creation_unix_tstamp=1).returning(sequence_t.c.sequence_id)).scalar_one()
+        sess = conn.execute(session_t.insert().values(
+            session_uuid=uuid.uuid4(), locator_name="s:1", sequence_id=seq,
+            creation_unix_tstamp=1).returning(session_t.c.session_id)).scalar_one()
+        topic = conn.execute(topic_t.insert().values(
+            topic_uuid=uuid.uuid4(), sequence_id=seq, session_id=sess, locator_name="s/t",
+            serialization_format="default", ontology_tag="probe", creation_unix_tstamp=1)
+            .returning(topic_t.c.topic_id)).scalar_one()
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    first = _stats(x=pa.array([1.5, None, float("nan")]), name=pa.array(["b", "a", None]))
+    second = _stats(x=pa.array([-2.0, 3.0, 4.0]), name=pa.array(["z", "y", "x"]))
+    third = _stats(x=pa.array([0.0, 1.0, 2.0]), name=pa.array(["q", "q", "q"]), y=pa.array([7, 8, 9]))
+    ids = []
+    for stats in (first, second, third):
+        statements.clear()
+        with engine.begin() as conn:
+            ids.append(insert_chunk_rows(conn, topic_id=topic, ontology_tag="probe", data_file=f"f{len(ids)}",
+                                         size_bytes=10, stats=stats))
+        if stats is second:  # every column row exists: the chunk row and its stats in one statement
+            assert len(statements) == 1, statements
+    for chunk_id, stats in zip(ids, (first, second, third)):
+        expected = {}
+        for name, cs in stats.items():
+            r = cs.row()
+            expected[name] = ((r["min_value"], r["max_value"], r["has_null"], r["has_nan"], None)
+                              if cs.kind == "numeric" else (None, None, r["has_null"], None,
+                                                            f"{r['min_value']}..{r['max_value']}"))
+        assert _stored_stats(engine, chunk_id) == expected
+    with engine.connect() as conn:
+        chunks = conn.execute(sa.text("SELECT data_file, row_count, start_timestamp_ns, end_timestamp_ns, "
+                                      "timestamp_order FROM chunk_t ORDER BY chunk_id")).all()
+    assert [tuple(c) for c in chunks] == [(f"f{i}", 3, 5, 9, 2) for i in range(3)]

@@ -46,6 +46,14 @@ def _clear(conn: Connection, change_id: int | None) -> None:
 _BEGIN_ASYNC_COMMIT = "BEGIN; SET LOCAL synchronous_commit TO off"
 
 
+_FINALIZE_TOPIC = """
+WITH cleared AS (DELETE FROM pending_change_t WHERE change_id = %(change)s),
+r AS (SELECT min(start_timestamp_ns) AS lo, max(end_timestamp_ns) AS hi FROM chunk_t WHERE topic_id = %(topic)s)
+UPDATE topic_t SET completion_unix_tstamp = %(at)s, start_index_timestamp = r.lo, end_index_timestamp = r.hi
+FROM r WHERE topic_id = %(topic)s
+"""
+
+
 def _unique_violation(exc: sa.exc.IntegrityError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "23505"
 
@@ -73,24 +81,67 @@ def _existing_column_ids(conn: Connection, ontology_tag: str, names: list[str]) 
     return {name: cid for name, cid in rows}
 
 
+# One round trip for a chunk row and its statistics rows, with the column ids looked up in the
+# same statement (the ids of the column rows that exist).  Static text: psycopg prepares it on a
+# connection after a few uses, and nothing is compiled per call.
+_INSERT_CHUNK = """
+WITH ch AS (
+  INSERT INTO chunk_t (chunk_uuid, topic_id, data_file, size_bytes, row_count, arrow_size_bytes,
+                       start_timestamp_ns, end_timestamp_ns, timestamp_order)
+  VALUES (%(uuid)s, %(topic_id)s, %(data_file)s, %(size_bytes)s, %(row_count)s, %(arrow_size_bytes)s,
+          %(ts_min)s, %(ts_max)s, %(ts_order)s)
+  RETURNING chunk_id),
+cols AS (
+  SELECT column_id, column_name FROM column_t
+  WHERE ontology_tag = %(tag)s AND column_name = ANY(%(names)s::text[])),
+num AS (
+  INSERT INTO column_chunk_numeric_t (column_id, chunk_id, min_value, max_value, has_null, has_nan)
+  SELECT cols.column_id, ch.chunk_id, s.lo, s.hi, s.has_null, s.has_nan
+  FROM unnest(%(n_name)s::text[], %(n_lo)s::float8[], %(n_hi)s::float8[], %(n_null)s::bool[],
+              %(n_nan)s::bool[]) AS s(name, lo, hi, has_null, has_nan)
+  JOIN cols ON cols.column_name = s.name CROSS JOIN ch),
+txt AS (
+  INSERT INTO column_chunk_textual_t (column_id, chunk_id, min_value, max_value, has_null)
+  SELECT cols.column_id, ch.chunk_id, s.lo, s.hi, s.has_null
+  FROM unnest(%(t_name)s::text[], %(t_lo)s::text[], %(t_hi)s::text[], %(t_null)s::bool[])
+       AS s(name, lo, hi, has_null)
+  JOIN cols ON cols.column_name = s.name CROSS JOIN ch)
+SELECT (SELECT chunk_id FROM ch), ARRAY(SELECT column_name FROM cols)
+"""
+
+
 def insert_chunk_rows(conn: Connection, *, topic_id: int, ontology_tag: str, data_file: str,
                       size_bytes: int, stats: ChunkStats) -> int:
-    """One ``chunk_t`` row and its statistics rows, in the caller's transaction."""
-    chunk_id = conn.execute(chunk_t.insert().values(
-        chunk_uuid=uuidlib.uuid4(), topic_id=topic_id, data_file=data_file, size_bytes=size_bytes,
-        row_count=stats.row_count, arrow_size_bytes=stats.arrow_size_bytes,
-        start_timestamp_ns=stats.ts_min, end_timestamp_ns=stats.ts_max, timestamp_order=stats.ts_order,
-    ).returning(chunk_t.c.chunk_id)).scalar_one()
-    ids = column_ids(conn, ontology_tag, [name for name, _ in stats.items()])
-    numeric, textual = [], []
-    for name, cs in stats.items():
-        row = {"column_id": ids[name], "chunk_id": chunk_id, **cs.row()}
-        (numeric if cs.kind == "numeric" else textual).append(row)
-    # one multi-row INSERT per table: one round trip (an executemany costs a pipeline sync)
-    if numeric:
-        conn.execute(column_chunk_numeric_t.insert().values(numeric))
-    if textual:
-        conn.execute(column_chunk_textual_t.insert().values(textual))
+    """One ``chunk_t`` row and its statistics rows, in the caller's transaction.
+
+    One statement when the tag's column rows exist (every chunk but the first of a new ontology
+    tag); otherwise the missing column rows are created (``column_ids``) and their statistics
+    rows inserted next."""
+    rows = {name: cs.row() for name, cs in stats.items()}
+    numeric = [n for n, cs in stats.items() if cs.kind == "numeric"]
+    textual = [n for n, cs in stats.items() if cs.kind != "numeric"]
+    chunk_id, found = conn.exec_driver_sql(_INSERT_CHUNK, {
+        "uuid": uuidlib.uuid4(), "topic_id": topic_id, "data_file": data_file, "size_bytes": size_bytes,
+        "row_count": stats.row_count, "arrow_size_bytes": stats.arrow_size_bytes,
+        "ts_min": stats.ts_min, "ts_max": stats.ts_max, "ts_order": stats.ts_order,
+        "tag": ontology_tag, "names": list(rows),
+        "n_name": numeric, "n_lo": [float(rows[n]["min_value"]) for n in numeric],
+        "n_hi": [float(rows[n]["max_value"]) for n in numeric],
+        "n_null": [rows[n]["has_null"] for n in numeric], "n_nan": [rows[n]["has_nan"] for n in numeric],
+        "t_name": textual, "t_lo": [rows[n]["min_value"] for n in textual],
+        "t_hi": [rows[n]["max_value"] for n in textual], "t_null": [rows[n]["has_null"] for n in textual],
+    }).one()
+    have = set(found)
+    missing = [n for n in rows if n not in have]
+    if missing:  # first chunk of a new tag (or new columns): create their rows, then their stats
+        ids = column_ids(conn, ontology_tag, missing)
+        new_numeric = [{"column_id": ids[n], "chunk_id": chunk_id, **rows[n]} for n in missing if n in numeric]
+        new_textual = [{"column_id": ids[n], "chunk_id": chunk_id, **rows[n]} for n in missing if n not in numeric]
+        # one multi-row INSERT per table: one round trip (an executemany costs a pipeline sync)
+        if new_numeric:
+            conn.execute(column_chunk_numeric_t.insert().values(new_numeric))
+        if new_textual:
+            conn.execute(column_chunk_textual_t.insert().values(new_textual))
     return chunk_id
 
 
@@ -295,16 +346,20 @@ class Catalog:
                                      .order_by(topic_t.c.creation_unix_tstamp, topic_t.c.topic_id))
                         .mappings())
 
-    def claim_upload(self, topic_id: int, topic_uuid: uuidlib.UUID, locator: str,
-                     claim: Callable[[Connection], int]) -> int:
-        """The single-writer barrier of a DoPut stream: check that the topic is EMPTY and not
-        claimed by another stream, then ``claim(conn)`` records the pending upload in the same
-        transaction (returns its change id).  The topic gets its folder (``set_upload_folder``)
-        once the store holds it."""
+    def claim_upload(self, locator: str, topic_uuid: uuidlib.UUID,
+                     claim: Callable[[Connection, RowMapping], int]) -> tuple[RowMapping, int]:
+        """The single-writer barrier of a DoPut stream: lock the topic (its row as ``topic``
+        returns it), check that it is EMPTY and not claimed by another stream, then
+        ``claim(conn, topic)`` records the pending upload in the same transaction (returns its
+        change id).  Returns (topic, change id).  The topic gets its folder
+        (``set_upload_folder``) once the store holds it."""
+        pending = (sa.select(pending_change_t.c.change_id).where(
+            pending_change_t.c.kind == "upload",
+            sa.cast(pending_change_t.c.target["topic_id"].astext, sa.Integer) == topic_t.c.topic_id).exists())
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(topic_t.c.topic_uuid, topic_t.c.path_in_store,
-                                         topic_t.c.completion_unix_tstamp, topic_t.c.interrupted_unix_tstamp)
-                               .where(topic_t.c.topic_id == topic_id).with_for_update()).mappings().first()
+            row = conn.execute(self._topic_query().add_columns(pending.label("upload_pending"))
+                               .where(topic_t.c.locator_name == locator)
+                               .with_for_update(of=topic_t)).mappings().first()
             if row is None:
                 raise errors.not_found(f"Topic `{locator}`")
             if row["topic_uuid"] != topic_uuid:
@@ -315,15 +370,9 @@ class Catalog:
                 raise errors.precondition(
                     f"Topic `{locator}`: its upload was interrupted; what was received is kept and "
                     "readable. Finalize the session to keep it, or delete the topic to upload again.")
-            if row["path_in_store"] is not None or self.upload_pending(conn, topic_id):
+            if row["path_in_store"] is not None or row["upload_pending"]:
                 raise errors.precondition(f"Topic `{locator}` is already uploading data.")
-            return claim(conn)
-
-    @staticmethod
-    def upload_pending(conn: Connection, topic_id: int) -> bool:
-        return conn.execute(sa.select(pending_change_t.c.change_id).where(
-            pending_change_t.c.kind == "upload",
-            sa.cast(pending_change_t.c.target["topic_id"].astext, sa.Integer) == topic_id)).first() is not None
+            return row, claim(conn, row)
 
     def set_upload_folder(self, topic_id: int, folder: str, schema_ipc: bytes) -> None:
         with self._session_step() as conn:
@@ -331,10 +380,10 @@ class Catalog:
                          .values(path_in_store=folder, arrow_schema=schema_ipc))
 
     def finalize_topic(self, topic_id: int, completed_at_ns: int, change_id: int | None = None) -> None:
-        """Close an upload: completion time and exact timestamp range from the chunk rows."""
+        """Close an upload: completion time and exact timestamp range from the chunk rows, and
+        its pending change cleared (one statement)."""
         with self._session_step() as conn:
-            _clear(conn, change_id)
-            self._complete_topic(conn, topic_id, completed_at_ns)
+            conn.exec_driver_sql(_FINALIZE_TOPIC, {"topic": topic_id, "at": completed_at_ns, "change": change_id})
 
     @staticmethod
     def _chunk_range(conn: Connection, topic_id: int) -> tuple[int | None, int | None]:
