@@ -97,6 +97,22 @@ class Noop:
         stop_process(self.proc)
 
 
+def server_cpu_s(server) -> float:
+    """CPU seconds used so far by a ``Mosaicod`` server and its embedded PostgreSQL's processes."""
+    import psutil
+
+    total = sum(server.ps.cpu_times()[:2])
+    pg = str(server.data_dir / "postgres")
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if proc.info["name"] == "postgres" and pg in " ".join(proc.info["cmdline"] or ()):
+                total += sum(proc.cpu_times()[:2])
+                total += sum(sum(c.cpu_times()[:2]) for c in proc.children())
+        except psutil.Error:
+            continue
+    return total
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q))
 
@@ -132,9 +148,12 @@ def main(argv=None) -> int:
             for k, c in clients.items():  # warm-up (first calls, imports, connections)
                 for i in range(3):
                     one_sequence(c, f"warm_{i}", msgs)
+            servers = {"mosaicod": ours, **({args.baseline: base} if base is not None else {})}
+            cpu0 = {k: server_cpu_s(s) for k, s in servers.items()}
             for i in range(n):
                 for k, c in clients.items():
                     times[k].append(one_sequence(c, f"snap_{i:04d}", msgs))
+            cpu = {k: (server_cpu_s(s) - cpu0[k]) / n * 1000 for k, s in servers.items()}
         finally:
             for c in clients.values():
                 c.close()
@@ -163,10 +182,13 @@ def main(argv=None) -> int:
         print(f"{phase:20} {pct(z, 50):10.1f} {pct(z, 95):7.1f} {pct(o, 50):13.1f} {pct(o, 95):7.1f} "
               f"{a50:10.1f} {a95:7.1f}  {verdict}")
     if args.baseline:
-        b = [t["total"] for t in times[args.baseline]]
-        z = [t["total"] for t in times["no-op"]]
-        print(f"{args.baseline + ' (baseline) total':20} {'':10} {'':7} {pct(b, 50):13.1f} {pct(b, 95):7.1f} "
-              f"{pct(b, 50) - pct(z, 50):10.1f} {pct(b, 95) - pct(z, 95):7.1f}  (info)")
+        for phase in PHASES:
+            b = [t[phase] for t in times[args.baseline]]
+            z = [t[phase] for t in times["no-op"]]
+            print(f"{args.baseline + ' ' + phase:20} {'':10} {'':7} {pct(b, 50):13.1f} {pct(b, 95):7.1f} "
+                  f"{pct(b, 50) - pct(z, 50):10.1f} {pct(b, 95) - pct(z, 95):7.1f}  (baseline, info)")
+    print("server CPU per sequence (mosaicod + its PostgreSQL, ms): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
     print(f"load average at start: {load0}; at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

@@ -132,3 +132,19 @@ def test_a_chunk_and_its_statistics_are_indexed_in_one_statement_once_the_column
         chunks = conn.execute(sa.text("SELECT data_file, row_count, start_timestamp_ns, end_timestamp_ns, "
                                       "timestamp_order FROM chunk_t ORDER BY chunk_id")).all()
     assert [tuple(c) for c in chunks] == [(f"f{i}", 3, 5, 9, 2) for i in range(3)]
+
+
+def test_a_session_step_whose_connection_dies_fails_as_a_catalog_outage(engine, pg_admin_url):
+    cat = Catalog(engine)
+    admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with pytest.raises(sa.exc.OperationalError):  # what the error boundary maps to UNAVAILABLE
+            with cat._session_step() as conn:
+                pid = _backend_pid(conn)
+                with admin.connect() as a:
+                    a.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+                time.sleep(0.2)  # the COMMIT goes to a dead connection
+    finally:
+        admin.dispose()
+    with cat._session_step() as conn:  # the dead connection was dropped, not handed out again
+        assert _backend_pid(conn) != pid

@@ -105,3 +105,28 @@ def test_statistics_nan_null_and_empty():
     assert big["min_value"] <= 5 and big["max_value"] >= 2**62 + 1  # rounded outwards
     empty = ChunkStats(schema).columns["f"].row()
     assert (empty["min_value"], empty["max_value"]) == NUMERIC_EMPTY
+
+
+def test_statistics_are_the_same_computed_inline_or_on_the_side_thread(store, monkeypatch):
+    import threading
+
+    from mosaicod.store import chunks as chunks_mod
+
+    batches = [make_batch(np.arange(i * 3000, (i + 1) * 3000)[::-1]) for i in range(4)]
+    threads = []
+    real = chunks_mod._update_stats
+    monkeypatch.setattr(chunks_mod, "_update_stats",
+                        lambda *a: (threads.append(threading.current_thread().name), real(*a)))
+    results = {}
+    for aside in (0, 1 << 40):  # every row group on the side thread / every one inline
+        monkeypatch.setattr(chunks_mod, "STATS_ASIDE_BYTES", aside)
+        threads.clear()
+        results[aside] = write(store, batches, max_chunk_size=200_000, row_group_bytes=100_000)
+        on_side = [t.startswith("chunk-stats") for t in threads]
+        assert on_side and all(on_side) if aside == 0 else not any(on_side)
+    a, b = results.values()
+    assert len(a) == len(b) > 1
+    for x, y in zip(a, b):
+        assert (x.row_count, x.stats.ts_min, x.stats.ts_max, x.stats.ts_order) == \
+            (y.row_count, y.stats.ts_min, y.stats.ts_max, y.stats.ts_order)
+        assert {n: s.row() for n, s in x.stats.items()} == {n: s.row() for n, s in y.stats.items()}

@@ -54,6 +54,26 @@ FROM r WHERE topic_id = %(topic)s
 """
 
 
+def _wrapped(exc: Exception, statement: str) -> Exception:
+    """A driver error raised outside SQLAlchemy's execution, as SQLAlchemy raises it (an
+    ``OperationalError`` for a lost connection, ...)."""
+    import psycopg
+
+    if isinstance(exc, psycopg.Error):
+        return sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error)
+    return exc
+
+
+def _on_driver(conn: Connection, driver: Any, statement: str) -> None:
+    """Run a statement without parameters straight on the driver connection; a failure drops the
+    connection and is raised as SQLAlchemy would raise it."""
+    try:
+        driver.execute(statement)
+    except Exception as exc:
+        conn.invalidate()
+        raise _wrapped(exc, statement) from None
+
+
 def _unique_violation(exc: sa.exc.IntegrityError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "23505"
 
@@ -165,18 +185,20 @@ class Catalog:
     def _session_step(self) -> Iterator[Connection]:
         """A transaction of a writing session that does not wait for the WAL flush (module doc).
         Its BEGIN and the setting go in one round trip (an autocommit connection whose
-        transaction is ours to open and end)."""
+        transaction is ours to open and end); BEGIN and COMMIT go straight to the driver (no
+        SQLAlchemy statement execution for them: a small sequence runs about thirty)."""
         with self._read() as conn:
-            conn.exec_driver_sql(_BEGIN_ASYNC_COMMIT)
+            driver = conn.connection.driver_connection
+            _on_driver(conn, driver, _BEGIN_ASYNC_COMMIT)
             try:
                 yield conn
             except BaseException:
                 try:
-                    conn.exec_driver_sql("ROLLBACK")
+                    driver.execute("ROLLBACK")
                 except Exception:  # noqa: BLE001 - the connection is gone: never reuse it
                     conn.invalidate()
                 raise
-            conn.exec_driver_sql("COMMIT")
+            _on_driver(conn, driver, "COMMIT")
 
     # -- sequences ----------------------------------------------------------------------------
     def create_sequence(self, *, locator: str, uuid: uuidlib.UUID, user_metadata: Any,

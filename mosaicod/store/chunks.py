@@ -67,6 +67,12 @@ def sort_by_timestamp(table: pa.Table) -> pa.Table:
     return table.take(pc.sort_indices(table, sort_keys=[(TS, "ascending")]))
 
 
+# Row groups from this size on get their statistics computed on a side thread while they are
+# encoded; smaller ones (the last row group of an upload, small uploads) inline: starting the
+# thread and handing the table over cost more than the overlap saves.
+STATS_ASIDE_BYTES = 1 << 20
+
+
 class ChunkWriter:
     """Streams the batches of one topic upload into rolling Parquet chunk files."""
 
@@ -137,12 +143,15 @@ class ChunkWriter:
         if self._writer is None:
             self._open_chunk(table)
         assert self._writer is not None and self._current is not None
-        # statistics and encoding both release the GIL: compute them side by side
-        stats = self._stats_pool().submit(_update_stats, self._current.stats, table)
-        try:
+        if table.nbytes < STATS_ASIDE_BYTES:  # a small row group: a thread hand-off costs more than it saves
+            _update_stats(self._current.stats, table)
             self._writer.write_table(table, row_group_size=max(1, table.num_rows))
-        finally:
-            stats.result()
+        else:  # statistics and encoding both release the GIL: compute them side by side
+            stats = self._stats_pool().submit(_update_stats, self._current.stats, table)
+            try:
+                self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+            finally:
+                stats.result()
         if not keep_cached(self.serialization_format):
             _release_cache(self._sink)
         if self._sink_position() >= self.max_chunk_size:
