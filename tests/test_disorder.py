@@ -165,6 +165,36 @@ def test_should_stop_ends_a_read(store):
     assert info.value.kind is errors.Kind.CANCELLED
 
 
+def _mapped(paths: set[str]) -> int:
+    """How many memory mappings of these files the process holds."""
+    with open("/proc/self/maps") as f:
+        return sum(line.rstrip("\n").split(maxsplit=5)[-1] in paths for line in f if line.count(" ") >= 5)
+
+
+@pytest.mark.parametrize("window", [(None, None), (3000, 240000)])
+def test_streamed_reads_map_one_row_group_at_a_time(store, window):
+    """An in-order read of a local store decodes straight from the page cache (memory-mapped
+    chunk files) one row group at a time: one mapping at a time, none left after the read or
+    after a read dropped half-way; answers stay exact."""
+    batches = orders("ordered")
+    chunks = write_chunks(store, batches)
+    files = [(c.data_file, c.stats.ts_order) for c in chunks]
+    paths = {store.local_path(c.data_file) for c in chunks}
+    assert len(chunks) > 2 and sum(pq.ParquetFile(p).num_row_groups for p in paths) > len(chunks)
+    seen = []
+    out = []
+    for batch in read_topic(store, files, SCHEMA, *window, batch_rows=1000):
+        seen.append(_mapped(paths))
+        out.append(batch)
+    assert got(pa.Table.from_batches(out, schema=SCHEMA)) == expected(batches, *window)
+    assert max(seen) == 1 and _mapped(paths) == 0
+    it = read_topic(store, files, SCHEMA, batch_rows=1000)
+    next(it)
+    assert _mapped(paths) == 1
+    it.close()
+    assert _mapped(paths) == 0
+
+
 def test_rebuild_refuses_a_foreign_file_with_null_timestamps(store):
     t = pa.table({"timestamp_ns": pa.array([1, None, 3], pa.int64()), "v": [1.0, 2.0, 3.0]})
     sink = pa.BufferOutputStream()
