@@ -24,7 +24,9 @@ the server processes, the embedded PostgreSQL (postmaster and backends), the cli
 
 Aggregate throughput = Arrow bytes written + read by all clients / wall time of the phase.
 Target: load >= 1.6x single.  During the load phase a probe sends ``info`` every 25 ms to the
-servers in turn; target: ``info`` p99 <= 50 ms.
+servers in turn; target: ``info`` p99 <= 50 ms.  After each probe of ours the same probe calls a
+no-op Flight server (bench/noop_server.py, idle): its latency is what the machine's load alone
+costs a call, the rest is our servers' own delay.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -48,9 +51,25 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_core import MiB, ImuData, Mosaicod, drain, stop_process  # noqa: E402
+from bench_core import MiB, ImuData, Mosaicod, clean_env, drain, stop_process  # noqa: E402
 
 WRITERS = READERS = 4
+
+
+class NoopServer:
+    """bench/noop_server.py in a subprocess: answers ``info`` and does nothing else."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "noop_server.py")], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=clean_env())
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            stop_process(self.proc)
+            raise RuntimeError("the no-op server did not start")
+        self.location = f"grpc://127.0.0.1:{int(line.split()[1])}"
+
+    def close(self) -> None:
+        stop_process(self.proc)
 
 
 def _action(client, name: str, body: dict):
@@ -138,10 +157,12 @@ class CpuMeter:
                 "machine": b["machine"] - a["machine"], "irq": b["irq"] - a["irq"], "top": spent[:12]}
 
 
-def run_phase(jobs: list[tuple], probe_locations: list[str] | None, meter: CpuMeter
+def run_phase(jobs: list[tuple], probe_locations: list[str] | None, meter: CpuMeter, control: str | None = None
               ) -> tuple[float, int, list, list[float], dict]:
     """Start one process per job, release them together; returns (wall, bytes, per-client, info ms,
-    CPU seconds spent during the phase)."""
+    CPU seconds spent during the phase).  ``control``: a no-op Flight server the probe also calls
+    after each probe of ours (its latencies in ``cpu["control_ms"]``: what the machine's load
+    alone costs an ``info``)."""
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_client, args=(j, start, out)) for j in jobs]
@@ -149,19 +170,27 @@ def run_phase(jobs: list[tuple], probe_locations: list[str] | None, meter: CpuMe
         p.start()
     time.sleep(2.0)  # processes imported pyarrow and wait on the event
     latencies: list[float] = []
+    control_ms: list[float] = []
     stop = threading.Event()
+
+    def info_ms(client: flight.FlightClient) -> float:
+        t0 = time.perf_counter()
+        list(client.do_action(flight.Action("info", b"{}")))
+        return (time.perf_counter() - t0) * 1000
 
     def probe() -> None:
         clients = [flight.FlightClient(loc) for loc in probe_locations]
+        noop = flight.FlightClient(control) if control else None
         i = 0
         while not stop.is_set():
-            t0 = time.perf_counter()
-            list(clients[i % len(clients)].do_action(flight.Action("info", b"{}")))
-            latencies.append((time.perf_counter() - t0) * 1000)
+            latencies.append(info_ms(clients[i % len(clients)]))
+            if noop is not None:
+                control_ms.append(info_ms(noop))
             i += 1
             stop.wait(0.025)
-        for c in clients:
-            c.close()
+        for c in [*clients, noop]:
+            if c is not None:
+                c.close()
 
     prober = threading.Thread(target=probe, daemon=True) if probe_locations else None
     cpu0 = meter.snapshot()
@@ -178,6 +207,7 @@ def run_phase(jobs: list[tuple], probe_locations: list[str] | None, meter: CpuMe
         prober.join()
     for p in procs:
         p.join()
+    cpu["control_ms"] = control_ms
     return wall, sum(r[2] for r in results), results, latencies, cpu
 
 
@@ -203,6 +233,7 @@ def main(argv=None) -> int:
     load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
     workdir = Path(tempfile.mkdtemp(prefix="mosaicod-bench-conc-", dir=args.tmp_dir))
     servers: list[Mosaicod] = []
+    noop = NoopServer()
     try:
         first = Mosaicod(workdir, "shared")
         servers.append(first)
@@ -226,13 +257,14 @@ def main(argv=None) -> int:
         for i in range(WRITERS):
             jobs.append(("w", locs[i % len(locs)], f"load_w{i}", per_stream, batch_bytes))
             jobs.append(("r", locs[(i + 1) % len(locs)], f"stored_{i}", 0, 0))
-        l_wall, l_bytes, l_res, l_lat, l_cpu = run_phase(jobs, locs, meter)
+        l_wall, l_bytes, l_res, l_lat, l_cpu = run_phase(jobs, locs, meter, control=noop.location)
     finally:
         for srv in servers[1:]:  # the processes that joined; the first one stops the shared PostgreSQL
             srv.client.close()
             stop_process(srv.proc)
         if servers:
             servers[0].close()
+        noop.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
     s_rate, l_rate = s_bytes / s_wall / 1e6, l_bytes / l_wall / 1e6
@@ -249,6 +281,9 @@ def main(argv=None) -> int:
     print(f"{'load / single':44} {ratio:11.2f}x  >= 1.60x {'OK' if ratio >= 1.6 else 'MISS'}")
     print(f"{'info during load, p50 / p99 ms':44} {np.percentile(l_lat, 50):5.1f} /{p99:5.1f}  "
           f"p99 <= 50 {'OK' if p99 <= 50 else 'MISS'}  ({len(l_lat)} probes)")
+    ctl = l_cpu["control_ms"]
+    print(f"{'  same probe, idle no-op server: p50 / p99':44} {np.percentile(ctl, 50):5.1f} /"
+          f"{np.percentile(ctl, 99):5.1f}  (the machine's load alone)")
     print(f"{'info during single, p50 / p99 ms':44} {np.percentile(s_lat, 50):5.1f} /{np.percentile(s_lat, 99):5.1f}")
     for name, res in (("single", s_res), ("load", l_res)):
         print(f"{name} clients (kind seq MB/s, CPU s): "
