@@ -148,3 +148,33 @@ def test_a_session_step_whose_connection_dies_fails_as_a_catalog_outage(engine, 
         admin.dispose()
     with cat._session_step() as conn:  # the dead connection was dropped, not handed out again
         assert _backend_pid(conn) != pid
+
+
+def test_a_small_sequence_through_the_sdk_runs_few_catalog_statements(server, client):
+    """Statements the server sends to the catalog for one small sequence written with the SDK
+    (sequence, 3 topics with data, writer exit).  Today 28: sequence 3, session 3, topic 1 each,
+    DoPut start 3 each, DoPut end 2 each, finalize 4; a little room for the server's own
+    periodic statements (owner keep-alive, heartbeat)."""
+    from mosaicolabs import IMU, Message
+    from mosaicolabs.models.data import Quaternion, Vector3d
+
+    statements: list[str] = []
+    engine = server.runtime.engine
+    listener = lambda *a: statements.append(" ".join(a[2].split())[:60])  # noqa: E731
+    msgs = [Message(timestamp_ns=1_000 + i, data=IMU(acceleration=Vector3d(x=i, y=0.0, z=0.0),
+                                                     angular_velocity=Vector3d(x=0.0, y=0.0, z=0.0),
+                                                     orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0)))
+            for i in range(20)]
+    with client.sequence_create("warm", {}) as sw:  # first use of the IMU columns: their rows are created
+        sw.topic_create("imu", {}, IMU).push(msgs[0])
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with client.sequence_create("snap", {"kind": "fault"}) as sw:
+            writers = [sw.topic_create(f"imu{k}", {}, IMU) for k in range(3)]
+            for w in writers:
+                for m in msgs:
+                    w.push(m)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listener)
+    assert len(statements) <= 31, statements
+    assert sorted(t.lstrip("/") for t in client.sequence_handler("snap").topics) == ["imu0", "imu1", "imu2"]

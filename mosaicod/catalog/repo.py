@@ -23,6 +23,7 @@ import uuid as uuidlib
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
@@ -43,8 +44,29 @@ def _clear(conn: Connection, change_id: int | None) -> None:
         conn.execute(pending_change_t.delete().where(pending_change_t.c.change_id == change_id))
 
 
+def _clearing(stmt, change_id: int | None):
+    """``stmt`` (an INSERT or UPDATE) also clearing a pending change: one statement, where
+    ``_clear`` then the statement would be two."""
+    if change_id is None:
+        return stmt
+    return stmt.add_cte(pending_change_t.delete().where(pending_change_t.c.change_id == change_id)
+                        .cte("cleared"))
+
+
 _BEGIN_ASYNC_COMMIT = "BEGIN; SET LOCAL synchronous_commit TO off"
 
+
+# A topic created in its session, which must exist, be open and belong to the topic's sequence:
+# the session row is locked (a concurrent finalization waits, or makes this insert nothing).
+_INSERT_TOPIC = """
+INSERT INTO topic_t (topic_uuid, sequence_id, session_id, locator_name, user_metadata, serialization_format,
+                     ontology_tag, creation_unix_tstamp)
+SELECT %(uuid)s, s.sequence_id, s.session_id, %(locator)s, %(md)s, %(fmt)s, %(tag)s, %(at)s
+FROM session_t s JOIN sequence_t q ON q.sequence_id = s.sequence_id
+WHERE s.session_uuid = %(session)s AND s.completion_unix_tstamp IS NULL AND q.locator_name = %(sequence)s
+FOR UPDATE OF s
+RETURNING topic_id
+"""
 
 _FINALIZE_TOPIC = """
 WITH cleared AS (DELETE FROM pending_change_t WHERE change_id = %(change)s),
@@ -205,11 +227,10 @@ class Catalog:
                         path_in_store: str, created_at_ns: int, change_id: int | None = None) -> int:
         try:
             with self._session_step() as conn:
-                _clear(conn, change_id)
-                return conn.execute(sequence_t.insert().values(
+                return conn.execute(_clearing(sequence_t.insert().values(
                     sequence_uuid=uuid, locator_name=locator, user_metadata=user_metadata,
                     path_in_store=path_in_store, creation_unix_tstamp=created_at_ns,
-                ).returning(sequence_t.c.sequence_id)).scalar_one()
+                ).returning(sequence_t.c.sequence_id), change_id)).scalar_one()
         except sa.exc.IntegrityError as exc:
             if _unique_violation(exc):
                 raise errors.already_exists(f"Sequence `{locator}`") from None
@@ -252,10 +273,9 @@ class Catalog:
     def create_session(self, *, sequence_id: int, uuid: uuidlib.UUID, locator: str,
                        created_at_ns: int, change_id: int | None = None) -> None:
         with self._session_step() as conn:
-            _clear(conn, change_id)
-            conn.execute(session_t.insert().values(
+            conn.execute(_clearing(session_t.insert().values(
                 session_uuid=uuid, locator_name=locator, sequence_id=sequence_id,
-                creation_unix_tstamp=created_at_ns))
+                creation_unix_tstamp=created_at_ns), change_id))
 
     @staticmethod
     def _session_query() -> sa.Select:
@@ -302,16 +322,17 @@ class Catalog:
                     if t["interrupted_unix_tstamp"] is None:
                         raise errors.precondition(f"Topic `{t['locator_name']}` is already uploading data.")
                     interrupted.append(t["topic_id"])
-            _clear(conn, store_step(sess) if store_step else None)
-            self._complete_session(conn, sess["session_id"], interrupted, completed_at_ns)
+            change = store_step(sess) if store_step else None
+            self._complete_session(conn, sess["session_id"], interrupted, completed_at_ns, change)
             return sess
 
     def _complete_session(self, conn: Connection, session_id: int, interrupted: list[int],
-                          completed_at_ns: int) -> None:
+                          completed_at_ns: int, change_id: int | None = None) -> None:
+        """Finalize a session and its interrupted topics, clearing the pending change ``change_id``."""
         for topic_id in interrupted:  # an interrupted upload is finalized with what it received
             self._complete_topic(conn, topic_id, completed_at_ns)
-        conn.execute(session_t.update().where(session_t.c.session_id == session_id)
-                     .values(completion_unix_tstamp=completed_at_ns))
+        conn.execute(_clearing(session_t.update().where(session_t.c.session_id == session_id)
+                               .values(completion_unix_tstamp=completed_at_ns), change_id))
 
     def delete_session(self, locator: str, store_step: StoreStep | None = None) -> tuple[RowMapping, list[str]]:
         """Delete a session with its topics; returns (session row, topic folders).
@@ -333,16 +354,15 @@ class Catalog:
                      created_at_ns: int, sequence_locator: str) -> None:
         try:
             with self._session_step() as conn:
-                sess = self._lock_open_session(conn, session_uuid)
-                if sess["sequence_locator"] != sequence_locator:
+                inserted = conn.exec_driver_sql(_INSERT_TOPIC, {
+                    "uuid": uuid, "locator": locator, "fmt": serialization_format, "tag": ontology_tag,
+                    "md": None if user_metadata is None else Jsonb(user_metadata), "at": created_at_ns,
+                    "session": session_uuid, "sequence": sequence_locator}).first()
+                if inserted is None:  # say why: the session is unknown, finalized or of another sequence
+                    sess = self._lock_open_session(conn, session_uuid)
                     raise errors.unauthorized(
                         f"topic `{locator}` does not belong to the sequence `{sess['sequence_locator']}` "
                         "of the session")
-                conn.execute(topic_t.insert().values(
-                    topic_uuid=uuid, sequence_id=sess["sequence_id"], session_id=sess["session_id"],
-                    locator_name=locator, user_metadata=user_metadata,
-                    serialization_format=serialization_format, ontology_tag=ontology_tag,
-                    creation_unix_tstamp=created_at_ns))
         except sa.exc.IntegrityError as exc:
             if _unique_violation(exc):
                 raise errors.already_exists(f"Topic `{locator}`") from None
