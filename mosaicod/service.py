@@ -10,6 +10,7 @@ completed by the recovery (mosaicod/recovery.py).  See docs/failure-semantics.md
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 import time
@@ -67,13 +68,24 @@ def upload_state(topic) -> str:
     return "uploading" if topic["path_in_store"] is not None else "empty"
 
 
-def _check_storable(schema: pa.Schema) -> None:
-    """Refuse, before anything is recorded, a schema that Parquet cannot hold (a union type, ...):
-    the chunk writer would fail only when its first chunk opens."""
+def _check_storable(raw_schema: bytes) -> None:
+    """Refuse, before anything is recorded, a schema (IPC-serialized) that Parquet cannot hold (a
+    union type, ...): the chunk writer would fail only when its first chunk opens.  The answer is
+    remembered per schema (clients send the same few)."""
+    problem = _storage_problem(raw_schema)
+    if problem is not None:
+        raise errors.bad_request(f"the schema cannot be stored: {errors.shown(problem, 300)}")
+
+
+@functools.lru_cache(maxsize=256)
+def _storage_problem(raw_schema: bytes) -> str | None:
+    """Why Parquet cannot hold this serialized schema, or None (cached: building a Parquet writer
+    costs about half a millisecond, paid once per distinct schema)."""
     try:
-        pq.ParquetWriter(pa.BufferOutputStream(), schema).close()
+        pq.ParquetWriter(pa.BufferOutputStream(), pa.ipc.read_schema(pa.py_buffer(raw_schema))).close()
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise errors.bad_request(f"the schema cannot be stored: {errors.shown(errors.first_line(exc), 300)}") from None
+        return errors.first_line(exc)
+    return None
 
 
 def interval(lo: int | None, hi: int | None) -> dict | None:
@@ -277,7 +289,8 @@ class Service:
             raise errors.bad_request("missing timestamp field in schema: a `timestamp_ns` int64 column is required")
         if schema.field(idx).type != pa.int64():
             raise errors.bad_request(f"wrong timestamp field type, expected int64, got {schema.field(idx).type}")
-        _check_storable(schema)
+        raw_schema = schema.serialize().to_pybytes()
+        _check_storable(raw_schema)
         folder = layout.new_topic_folder()
 
         def claim(conn, topic) -> int:
@@ -286,7 +299,6 @@ class Service:
 
         topic, change = self.catalog.claim_upload(locator, topic_uuid, claim)
         crash_point("upload:journaled")
-        raw_schema = schema.serialize().to_pybytes()
         try:  # schema first: a folder with metadata.json has everything a rebuild needs
             self.store.put_bytes(layout.schema_key(folder), raw_schema)
             self.store.put_json(layout.metadata_key(folder), self._topic_doc(topic, None))

@@ -191,6 +191,7 @@ def test_a_schema_parquet_cannot_hold_is_refused_before_anything_is_recorded(see
         writer.close()
 
     refused(upload, "the schema cannot be stored", "dense_union")
+    refused(upload, "the schema cannot be stored", "dense_union")  # the remembered answer, the same
     # the topic is still waiting for its first upload: a valid one now succeeds
     put(c, "keep/u", tid, [batch([1, 2])])
     assert c.do_get(info(c, '{"resource_locator": "keep/u"}').endpoints[0].ticket).read_all().num_rows == 2
