@@ -96,11 +96,12 @@ def test_serve_tunes_malloc_unless_the_environment_does(tmp_path):
     env = {"MOSAICOD_DB_URL": f"postgresql://127.0.0.1:{port}/x"}
     res = run(["serve", "--data-dir", str(tmp_path), "--log-level", "debug", "--log-format", "json"], env=env)
     line = next(ln for ln in res.stderr.splitlines() if "malloc settings" in ln)
-    assert '"MALLOC_ARENA_MAX": 2' in line and '"MALLOC_MMAP_THRESHOLD_": 131072' in line
+    assert '"MALLOC_ARENA_MAX": 2' in line and f'"MALLOC_MMAP_THRESHOLD_": {allocator.MMAP_THRESHOLD}' in line
+    assert f'"MALLOC_TRIM_THRESHOLD_": {allocator.TRIM_THRESHOLD}' in line
     res = run(["serve", "--data-dir", str(tmp_path), "--log-level", "debug", "--log-format", "json"],
               env={**env, "MALLOC_ARENA_MAX": "4"})
     line = next(ln for ln in res.stderr.splitlines() if "malloc settings" in ln)
-    assert "MALLOC_ARENA_MAX" not in line and '"MALLOC_MMAP_THRESHOLD_": 131072' in line
+    assert "MALLOC_ARENA_MAX" not in line and f'"MALLOC_MMAP_THRESHOLD_": {allocator.MMAP_THRESHOLD}' in line
 
 
 def test_embedded_postgres_start_prints_no_warnings(tmp_path):

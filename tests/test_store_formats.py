@@ -118,6 +118,18 @@ def test_sample_spreads_over_the_array_and_is_bounded():
     assert len(sample) <= 64_000
     assert len(set(sample)) >= 8  # bytes from several places, not only the first values
     assert formats._sample(pa.array([None, None], pa.binary())) == b""
+    # a row group as received: several batches, sampled in place (same bytes as the concatenation)
+    chunked = pa.chunked_array([values.slice(i, 1000) for i in range(0, 10_000, 1000)])
+    assert formats._sample(chunked, budget=64_000, spots=8) == sample
+
+
+def test_leaf_column_keeps_the_received_chunks():
+    batches = [image_batch(i * 5, 5, random_bytes) for i in range(3)]
+    table = pa.Table.from_batches(batches)
+    data = formats._leaf_column(table, "data")
+    assert data.num_chunks == 3 and data.equals(table.column("data"))
+    seq = formats._leaf_column(table, "header.seq")
+    assert seq.num_chunks == 3 and seq.to_pylist() == list(range(15))
 
 
 def test_only_default_topics_stay_in_the_page_cache():
@@ -128,3 +140,111 @@ def test_only_default_topics_stay_in_the_page_cache():
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError):
         formats.parquet_options(IMAGE, "jpeg")
+
+
+# -- page sizes -------------------------------------------------------------------------------------
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        out |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return out, pos
+
+
+def _skip(buf: bytes, pos: int, ttype: int) -> int:
+    """Skip one thrift compact-protocol value of type ``ttype`` starting at ``pos``."""
+    if ttype in (1, 2):  # bool inside a struct: in the field header
+        return pos
+    if ttype == 3:
+        return pos + 1
+    if ttype in (4, 5, 6):
+        return _varint(buf, pos)[1]
+    if ttype == 7:
+        return pos + 8
+    if ttype == 8:
+        n, pos = _varint(buf, pos)
+        return pos + n
+    if ttype in (9, 10):
+        head = buf[pos]
+        pos += 1
+        n, elem = head >> 4, head & 0x0F
+        if n == 15:
+            n, pos = _varint(buf, pos)
+        for _ in range(n):
+            pos = pos + 1 if elem in (1, 2) else _skip(buf, pos, elem)
+        return pos
+    if ttype == 12:
+        return _struct(buf, pos)[1]
+    raise AssertionError(f"thrift type {ttype} not expected in a page header")
+
+
+def _struct(buf: bytes, pos: int) -> tuple[dict, int]:
+    """The i32 fields of a compact-protocol struct (by field id) and the position after it."""
+    fields, last = {}, 0
+    while True:
+        head = buf[pos]
+        pos += 1
+        if head == 0:
+            return fields, pos
+        ttype, delta = head & 0x0F, head >> 4
+        if delta:
+            fid = last + delta
+        else:
+            z, pos = _varint(buf, pos)
+            fid = (z >> 1) ^ -(z & 1)
+        last = fid
+        if ttype == 5:
+            z, pos = _varint(buf, pos)
+            fields[fid] = (z >> 1) ^ -(z & 1)
+        else:
+            pos = _skip(buf, pos, ttype)
+
+
+def page_sizes(path, row_group: int, column: str) -> list[int]:
+    """Uncompressed sizes of the data pages of one column chunk, read from the page headers."""
+    md = pq.ParquetFile(path).metadata.row_group(row_group)
+    col = next(md.column(i) for i in range(md.num_columns) if md.column(i).path_in_schema == column)
+    start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+    with open(path, "rb") as f:
+        f.seek(start)
+        buf = f.read(col.total_compressed_size)
+    sizes, pos = [], 0
+    while pos < len(buf):
+        header, pos = _struct(buf, pos)
+        sizes.append(header[2])  # uncompressed_page_size
+        pos += header[3]  # compressed_page_size
+    return sizes
+
+
+def test_large_incompressible_rows_make_pages_of_about_a_megabyte(store):
+    big = lambda i: np.random.default_rng(i).integers(0, 256, 100_000, dtype=np.uint8).tobytes()  # noqa: E731
+    batches = [image_batch(i * 40, 40, big) for i in range(3)]  # 12 MB: one row group
+    chunks = write(store, IMAGE, "image", batches, row_group_bytes=64 << 20)
+    path = store.local_path(chunks[0].data_file)
+    sizes = page_sizes(path, 0, "data")
+    assert len(sizes) >= 8 and max(sizes) <= 2 * formats.PAGE_BYTES, sizes  # not one 12 MB page
+    assert column_meta(store, chunks[0].data_file)["data"] == {("UNCOMPRESSED", False, False)}
+    got = pa.Table.from_batches(list(read_topic(store, [c.data_file for c in chunks], IMAGE)))
+    assert got.equals(pa.Table.from_batches(batches))
+
+
+def test_write_batch_size_follows_the_row_size():
+    def table(row_bytes: int, n: int = 100) -> pa.Table:
+        return pa.table({"timestamp_ns": pa.array(np.arange(n, dtype=np.int64)),
+                         "data": pa.array([b"x" * row_bytes] * n, pa.binary())})
+
+    assert formats.write_batch_size(None) is None
+    assert formats.write_batch_size(table(100)) is None  # small rows: Parquet's default batches
+    assert formats.write_batch_size(table(100_000)) == 11  # 1.1 MB: just over a page
+    assert formats.write_batch_size(table(4 << 20)) == 1
+    # zstd-compressed large columns keep the default batches (their ratio needs large pages)
+    smooth = pa.table({"timestamp_ns": pa.array(np.arange(40, dtype=np.int64)),
+                       "data": pa.array([smooth_bytes(i) * 5 for i in range(40)], pa.binary())})
+    assert "write_batch_size" not in formats.parquet_options(smooth.schema, "image", smooth)
+    noisy = pa.table({"timestamp_ns": pa.array(np.arange(40, dtype=np.int64)),
+                      "data": pa.array([os.urandom(100_000) for _ in range(40)], pa.binary())})
+    assert formats.parquet_options(noisy.schema, "image", noisy)["write_batch_size"] == 11
+    assert formats.parquet_options(noisy.schema, "default", noisy)["write_batch_size"] == 11
