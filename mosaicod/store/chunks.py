@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import layout
+from .directfile import open_direct
 from .formats import SERIALIZATION_FORMATS, TS, keep_cached, parquet_options  # noqa: F401 - format rules
 from .objstore import ObjectStore
 from .stats import ChunkStats
@@ -175,7 +176,9 @@ class ChunkWriter:
         local = self.store.local_path(key)
         if local is not None:
             os.makedirs(os.path.dirname(local), exist_ok=True)
-            self._sink = pa.OSFile(local, "wb")  # native file: no GIL round-trips per page
+            direct = None if keep_cached(self.serialization_format) else open_direct(local)
+            # native file: no GIL round-trips per page
+            self._sink = direct if direct is not None else pa.OSFile(local, "wb")
         else:
             self._sink = self.store.open_write(key)
         options = parquet_options(self.schema, self.serialization_format, first)

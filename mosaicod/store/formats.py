@@ -11,9 +11,10 @@ columns are compressed, with what, and which are dictionary-encoded (README: "St
   payloads, encrypted or already compressed blobs): they are stored uncompressed.  zstd spends
   most of a large-binary upload's CPU on such bytes and saves nothing.
 
-Chunk files of ``ragged`` and ``image`` topics on a local store do not stay in the page cache:
-after each row group the file's written pages are released (``posix_fadvise(DONTNEED)``, which
-also starts their write-back).  Large payloads, written once and read seldom, then cost the
+Chunk files of ``ragged`` and ``image`` topics on a local store do not go through the page cache:
+they are written with ``O_DIRECT`` (``store/directfile.py``), or, where the file system does not
+take it, their written pages are released after each row group (``posix_fadvise(DONTNEED)``,
+which also starts their write-back).  Large payloads, written once and read seldom, then cost the
 kernel recycled cache pages instead of fresh ones (``perf``: half of an image upload's CPU was
 the copy into fresh cache pages), and do not push other data out of the cache.  ``default``
 topics (small, often read right away) stay cached.
