@@ -128,10 +128,13 @@ class _Reader:
             return _Cursor(self, run, _spilled(run.spill))
         pf = self._parquet(run.key, buffered=run.merged)
         if run.sorted:
-            # one thread: a server streams many reads at once, and column-parallel decoding of one
-            # costs ~25% more CPU per byte in thread hand-offs (it was faster only on an idle machine)
+            # a local file is decoded on this thread: column-parallel decoding on Arrow's pool cost
+            # ~25% more decode CPU per byte in thread hand-offs, and was not even faster (a server
+            # streams several reads at once anyway); a remote file keeps the pool, whose threads
+            # overlap one column's fetch with another's decoding
+            threads = not run.merged and self.store.local_path(run.key) is None
             batches = pf.iter_batches(batch_size=rows, row_groups=[run.row_group], columns=self.columns,
-                                      use_threads=False)
+                                      use_threads=threads)
         else:
             batches = self._sorted_row_group(pf, run, rows)
         return _Cursor(self, run, batches)
