@@ -143,8 +143,8 @@ class _Reader:
         """The chunk file.  A merged run gets its own reader with small read buffers (only pages,
         not whole column chunks, in memory).  A streamed run of a local store gets its own
         memory-mapped reader: pages are decoded straight from the page cache (reading each column
-        chunk into a fresh buffer first cost a copy plus the kernel zeroing the new pages: ~25% of
-        the server CPU of a read), and the mapping, whose touched pages count in the RSS, lasts one
+        chunk into a fresh buffer first cost a copy plus the kernel zeroing the new pages: ~22% of
+        a read's server CPU in perf), and the mapping, whose touched pages count in the RSS, lasts one
         row group.  Remote streamed runs share one reader per file (one fsspec handle), released
         after the last of them."""
         self._remaining[key] -= 1
