@@ -20,7 +20,10 @@ Before them, one writer alone and one reader alone measure the server CPU a byte
 path.  For every phase the bench prints where the 2 cores went: CPU seconds (user + system) of
 the server processes, the embedded PostgreSQL (postmaster and backends), the client processes
 (their own CPU time, from the release of the start signal to their end) and the whole machine
-(``/proc/stat``, non-idle), and the cores busy on average (machine CPU / wall).
+(``/proc/stat``, non-idle), and the cores busy on average (machine CPU / wall).  The "ceiling"
+row is what all cores would move at the single phase's CPU cost per byte (its servers, PostgreSQL
+and clients): the load phase can beat single by more than that ratio only by costing less per
+byte than the single phase.
 
 Aggregate throughput = Arrow bytes written + read by all clients / wall time of the phase.
 Target: load >= 1.6x single.  During the load phase a probe sends ``info`` every 25 ms to the
@@ -279,6 +282,10 @@ def main(argv=None) -> int:
     print(f"{'single: 1 writer + 1 reader, MB/s':44} {s_rate:12.1f}")
     print(f"{f'load: {WRITERS} writers + {READERS} readers, MB/s':44} {l_rate:12.1f}")
     print(f"{'load / single':44} {ratio:11.2f}x  >= 1.60x {'OK' if ratio >= 1.6 else 'MISS'}")
+    own = sum(s_cpu["servers"]) + s_cpu["pg"] + s_cpu["clients"]  # CPU s the single phase itself used
+    ceiling = os.cpu_count() * s_bytes / own / 1e6 if own > 0 else float("nan")
+    print(f"{'  ceiling: all cores at single CPU/byte, MB/s':44} {ceiling:12.1f}  = {ceiling / s_rate:.2f}x single "
+          f"(servers + PostgreSQL + clients: {own / (s_bytes / 1e9):.2f} CPU s/GB)")
     print(f"{'info during load, p50 / p99 ms':44} {np.percentile(l_lat, 50):5.1f} /{p99:5.1f}  "
           f"p99 <= 50 {'OK' if p99 <= 50 else 'MISS'}  ({len(l_lat)} probes)")
     ctl = l_cpu["control_ms"]
