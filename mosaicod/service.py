@@ -485,15 +485,21 @@ class Upload:
         self.rows = 0
         self.bytes_in = 0
         self.ended = False  # finished or interrupted
+        # chunks closed while the upload ends: indexed in the catalog step that ends it (None:
+        # each chunk is indexed as it closes)
+        self._held: list[dict] | None = None
         # write/finish/interrupt never overlap: a stopping server interrupts an idle stream from
         # another thread than the one reading it (MosaicoFlightServer.shutdown)
         self._lock = threading.Lock()
 
     def _index_chunk(self, chunk: ChunkInfo) -> None:
         crash_point("upload:chunk_stored")  # the chunk file is closed, not indexed yet
-        self.service.catalog.insert_chunk(topic_id=self.topic["topic_id"], ontology_tag=self.topic["ontology_tag"],
-                                          data_file=chunk.data_file, size_bytes=chunk.size_bytes,
-                                          stats=chunk.stats)
+        row = {"ontology_tag": self.topic["ontology_tag"], "data_file": chunk.data_file,
+               "size_bytes": chunk.size_bytes, "stats": chunk.stats}
+        if self._held is not None:  # the upload is ending: indexed with its end, one catalog step
+            self._held.append(row)
+            return
+        self.service.catalog.insert_chunk(topic_id=self.topic["topic_id"], **row)
 
     def write(self, batch: pa.RecordBatch) -> None:
         with self._lock:
@@ -526,6 +532,7 @@ class Upload:
             self._finish()
 
     def _finish(self) -> None:
+        self._held = []  # the last chunk (and any closing meanwhile) is indexed by finalize_topic below
         chunks = self.writer.close()
         completed = now_ns()
         svc = self.service
@@ -534,7 +541,7 @@ class Upload:
         svc.store.put_json(layout.commit_key(self.folder),
                            commit_doc_for(chunks, state="finalized", committed_at_ns=completed))
         crash_point("upload:committed")
-        svc.catalog.finalize_topic(self.topic["topic_id"], completed, self.change)
+        svc.catalog.finalize_topic(self.topic["topic_id"], completed, self.change, chunks=self._held)
         self.ended = True
         svc.journal.active_uploads.discard(self.change)
 
@@ -574,7 +581,7 @@ class Upload:
             svc.store.put_json(layout.commit_key(self.folder),
                                commit_doc_for(chunks, state="interrupted", committed_at_ns=at, interrupted_at_ns=at))
             crash_point("upload:interrupt_committed")
-            svc.catalog.interrupt_upload(self.topic["topic_id"], at, message, self.change)
+            svc.catalog.interrupt_upload(self.topic["topic_id"], at, message, self.change, chunks=self._held or ())
         except Exception as exc:  # noqa: BLE001
             log.error("could not record an interrupted upload; the recovery will", topic=locator,
                       error=errors.first_line(exc))

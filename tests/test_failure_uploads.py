@@ -205,3 +205,43 @@ def test_upload_left_uploading_without_a_claim_is_recovered(small_chunks):
         assert_store_matches_catalog(srv)
     finally:
         c.close()
+
+
+def test_an_end_of_stream_that_cannot_be_recorded_keeps_every_chunk(small_chunks, pg_admin_url):
+    """The catalog refuses to finalize the topic at the clean end of its stream (here a trigger
+    raises; in life: a constraint, a bug): the chunks closed while ending -- indexed with the end --
+    are indexed with the interruption instead.  The client gets the error, the topic is
+    *interrupted* with every row readable, and the store matches the catalog."""
+    srv = small_chunks
+    c = flight.FlightClient(srv.location)
+    schema = pa.schema([pa.field("timestamp_ns", pa.int64(), nullable=False), pa.field("v", pa.float64())])
+    with srv.runtime.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION refuse_end() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'refused by the test'; END $$")
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_end BEFORE UPDATE OF completion_unix_tstamp ON topic_t FOR EACH ROW "
+            "WHEN (NEW.locator_name = 'end/a' AND NEW.completion_unix_tstamp IS NOT NULL) "
+            "EXECUTE FUNCTION refuse_end()")
+    try:
+        act(c, "sequence_create", {"locator": "end", "user_metadata": {}})
+        sess = act(c, "session_create", {"locator": "end"})["uuid"]
+        tid = act(c, "topic_create", {"session_uuid": sess, "locator": "end/a", "serialization_format": "default",
+                                      "ontology_tag": "F", "user_metadata": {}})["uuid"]
+        desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "end/a", "topic_uuid": tid}).encode())
+        writer, _ = c.do_put(desc, schema)
+        n = 0
+        for _ in range(6):  # ~1.2 MiB: one chunk rolls (indexed at once), the last closes at the end
+            writer.write_batch(pa.record_batch([pa.array(range(n, n + 25_000), pa.int64()),
+                                                pa.array([float(x) for x in range(25_000)])], schema=schema))
+            n += 25_000
+        with pytest.raises(flight.FlightError):
+            writer.close()
+        meta = wait_state(c, "end/a", "interrupted")
+        assert meta["upload_state"] == "interrupted"
+        assert meta["data_info"]["total_chunks_count"] == 2
+        assert meta["data_info"]["total_row_count"] == n
+        assert read_ts(c, "end/a") == list(range(n))
+        assert_store_matches_catalog(srv)
+    finally:
+        c.close()

@@ -421,10 +421,14 @@ class Catalog:
             conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id)
                          .values(path_in_store=folder, arrow_schema=schema_ipc))
 
-    def finalize_topic(self, topic_id: int, completed_at_ns: int, change_id: int | None = None) -> None:
-        """Close an upload: completion time and exact timestamp range from the chunk rows, and
-        its pending change cleared (one statement)."""
+    def finalize_topic(self, topic_id: int, completed_at_ns: int, change_id: int | None = None,
+                       chunks: Sequence[dict] = ()) -> None:
+        """Close an upload in one step: index its last chunks (``chunks``: ``insert_chunk_rows``
+        arguments), then completion time and exact timestamp range from the chunk rows, and its
+        pending change cleared."""
         with self._session_step() as conn:
+            for chunk in chunks:
+                insert_chunk_rows(conn, topic_id=topic_id, **chunk)
             conn.exec_driver_sql(_FINALIZE_TOPIC, {"topic": topic_id, "at": completed_at_ns, "change": change_id})
 
     @staticmethod
@@ -441,12 +445,16 @@ class Catalog:
             completion_unix_tstamp=completed_at_ns, start_index_timestamp=lo, end_index_timestamp=hi))
 
     def interrupt_upload(self, topic_id: int, interrupted_at_ns: int, message: str,
-                         change_id: int | None = None, conn: Connection | None = None) -> bool:
+                         change_id: int | None = None, conn: Connection | None = None,
+                         chunks: Sequence[dict] = ()) -> bool:
         """Record that the DoPut stream of an uploading topic broke (the chunks indexed so far
-        stay) and leave a topic notification saying so; False if it was not uploading."""
+        stay, ``chunks`` -- ``insert_chunk_rows`` arguments -- are indexed with it) and leave a
+        topic notification saying so; False if it was not uploading."""
         if conn is None:
             with self.engine.begin() as c:
-                return self.interrupt_upload(topic_id, interrupted_at_ns, message, change_id, c)
+                return self.interrupt_upload(topic_id, interrupted_at_ns, message, change_id, c, chunks)
+        for chunk in chunks:
+            insert_chunk_rows(conn, topic_id=topic_id, **chunk)
         _clear(conn, change_id)
         lo, hi = self._chunk_range(conn, topic_id)
         done = conn.execute(topic_t.update().where(
