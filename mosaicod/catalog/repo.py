@@ -22,6 +22,7 @@ import contextlib
 import uuid as uuidlib
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import psycopg
 import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -79,8 +80,6 @@ FROM r WHERE topic_id = %(topic)s
 def _wrapped(exc: Exception, statement: str) -> Exception:
     """A driver error raised outside SQLAlchemy's execution, as SQLAlchemy raises it (an
     ``OperationalError`` for a lost connection, ...)."""
-    import psycopg
-
     if isinstance(exc, psycopg.Error):
         return sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error)
     return exc
