@@ -178,3 +178,26 @@ def test_a_small_sequence_through_the_sdk_runs_few_catalog_statements(server, cl
         sa.event.remove(engine, "before_cursor_execute", listener)
     assert len(statements) <= 31, statements
     assert sorted(t.lstrip("/") for t in client.sequence_handler("snap").topics) == ["imu0", "imu1", "imu2"]
+
+
+def test_a_journal_record_on_its_own_is_one_durable_statement_outside_a_transaction(engine):
+    import psycopg
+
+    from mosaicod.catalog.journal import Journal
+
+    seen = []
+
+    def after(conn, cursor, statement, parameters, context, executemany):
+        if "pending_change_t" in statement:  # the driver's state right after the INSERT
+            seen.append(conn.connection.driver_connection.info.transaction_status)
+
+    sa.event.listen(engine, "after_cursor_execute", after)
+    try:
+        change = Journal(engine, owner_key=1).begin("probe", {"x": 1}, 5)
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", after)
+    assert seen == [psycopg.pq.TransactionStatus.IDLE]  # committed by the INSERT itself: no BEGIN, no COMMIT
+    with engine.connect() as conn:  # committed, and with the server's (synchronous) commit
+        assert conn.execute(sa.text("SELECT kind FROM pending_change_t WHERE change_id = :c"),
+                            {"c": change}).scalar_one() == "probe"
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
