@@ -201,3 +201,50 @@ def test_a_journal_record_on_its_own_is_one_durable_statement_outside_a_transact
         assert conn.execute(sa.text("SELECT kind FROM pending_change_t WHERE change_id = :c"),
                             {"c": change}).scalar_one() == "probe"
         assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
+
+
+def _wal_fsyncs(conn) -> int:
+    conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))
+    conn.commit()  # the backend's statistics are flushed at the end of that transaction
+    return conn.execute(sa.text("SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_get_backend_io(pg_backend_pid()) "
+                                "WHERE object = 'wal'")).scalar_one()
+
+
+def test_one_statement_session_steps_commit_outside_a_transaction_without_a_wal_flush(make_settings):
+    import psycopg
+
+    from mosaicod.catalog.journal import Journal
+
+    settings = make_settings()
+    db.connect(settings).dispose()  # the catalog tables
+    one = sa.create_engine(settings.db_url, pool_size=1, max_overflow=0)  # every step on one backend
+    try:
+        cat, journal = Catalog(one), Journal(one, owner_key=1)
+        states = []
+        sa.event.listen(one, "after_cursor_execute", lambda conn, *a: states.append(
+            conn.connection.driver_connection.info.transaction_status))
+        with one.connect() as conn:
+            before = _wal_fsyncs(conn)
+        seq_change = journal.begin("sequence_create", {}, 1)  # synchronous: flushes the WAL
+        sess_change = journal.begin("session_create", {}, 2)
+        with one.connect() as conn:
+            journaled = _wal_fsyncs(conn)
+        states.clear()
+        seq = cat.create_sequence(locator="s", uuid=uuid.uuid4(), user_metadata={}, path_in_store="sq_1",
+                                  created_at_ns=1, change_id=seq_change)
+        sess = uuid.uuid4()
+        cat.create_session(sequence_id=seq, uuid=sess, locator="s:1", created_at_ns=2, change_id=sess_change)
+        cat.create_topic(session_uuid=sess, locator="s/t", uuid=uuid.uuid4(), serialization_format="default",
+                         ontology_tag="imu", user_metadata=None, created_at_ns=3, sequence_locator="s")
+        topic = cat.topic("s/t")["topic_id"]
+        cat.set_upload_folder(topic, "sq_1/tp_1", b"schema")
+        assert states == [psycopg.pq.TransactionStatus.IDLE] * 5  # each statement its own transaction
+        with one.connect() as conn:
+            assert _wal_fsyncs(conn) == journaled  # none of the steps waited for a WAL flush
+            assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"  # not left behind
+            assert conn.execute(sa.text("SELECT count(*) FROM pending_change_t")).scalar_one() == 0  # cleared
+            assert conn.execute(sa.text("SELECT path_in_store FROM topic_t WHERE topic_id = :t"),
+                                {"t": topic}).scalar_one() == "sq_1/tp_1"
+        assert journaled > before
+    finally:
+        one.dispose()
