@@ -31,7 +31,9 @@ from .test_core_bad_input import act
 MiB = 1 << 20
 SCHEMA = pa.schema([pa.field("timestamp_ns", pa.int64(), nullable=False), pa.field("v", pa.float64())])
 BATCH_ROWS = 25_000
-BATCHES = 6  # ~1.2 MB of random doubles: 1 MiB chunks roll, part of the data stays in an open one
+BATCHES = 8  # ~2.4 MB of rows (~300 KB per row group on disk): a 1 MiB chunk rolls after 4 row
+# groups, and the next chunk stays open for the last 4 (the upload:chunk_open point is reached
+# while the writer thread still has batches to take)
 SERVER_DIED = (flight.FlightError, pa.ArrowException, OSError)
 
 

@@ -183,7 +183,7 @@ def test_upload_left_uploading_without_a_claim_is_recovered(small_chunks):
         sess, tid = new_topic(c, "lost", "t")
         service = srv.flight.service
         upload = service.begin_upload("lost/t", uuid.UUID(tid), SCHEMA)
-        for k in range(8):
+        for k in range(7):  # ~300 KB per row group on disk: a 1 MiB chunk closes after 4, the next stays open
             ts = np.arange(k * 25_000, (k + 1) * 25_000, dtype=np.int64)
             upload.write(pa.record_batch([pa.array(ts), pa.array(np.random.default_rng(k).random(25_000))],
                                          schema=SCHEMA))
@@ -231,7 +231,8 @@ def test_an_end_of_stream_that_cannot_be_recorded_keeps_every_chunk(small_chunks
         desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "end/a", "topic_uuid": tid}).encode())
         writer, _ = c.do_put(desc, schema)
         n = 0
-        for _ in range(6):  # ~1.2 MiB: one chunk rolls (indexed at once), the last closes at the end
+        for _ in range(8):  # ~200 KB per row group on disk: one 1 MiB chunk rolls after 6 (indexed at once),
+            # the last closes at the end
             writer.write_batch(pa.record_batch([pa.array(range(n, n + 25_000), pa.int64()),
                                                 pa.array([float(x) for x in range(25_000)])], schema=schema))
             n += 25_000

@@ -121,7 +121,7 @@ def test_statistics_are_the_same_computed_inline_or_on_the_side_thread(store, mo
     for aside in (0, 1 << 40):  # every row group on the side thread / every one inline
         monkeypatch.setattr(chunks_mod, "STATS_ASIDE_BYTES", aside)
         threads.clear()
-        results[aside] = write(store, batches, max_chunk_size=200_000, row_group_bytes=100_000)
+        results[aside] = write(store, batches, max_chunk_size=100_000, row_group_bytes=100_000)
         on_side = [t.startswith("chunk-stats") for t in threads]
         assert on_side and all(on_side) if aside == 0 else not any(on_side)
     a, b = results.values()

@@ -94,16 +94,24 @@ def test_decision_is_taken_per_chunk_file(store):
     assert column_meta(store, chunks[1].data_file)["data"] == {("UNCOMPRESSED", False, False)}
 
 
-def test_default_format_binary_columns_skip_the_dictionary(store):
+def test_default_format_dictionary_on_strings_only(store):
     schema = pa.schema([pa.field("timestamp_ns", pa.int64()), pa.field("blob", pa.binary()),
-                        pa.field("label", pa.string()), pa.field("v", pa.float64())])
+                        pa.field("label", pa.string()), pa.field("v", pa.float64()),
+                        pa.field("h", pa.struct([pa.field("frame_id", pa.string()), pa.field("n", pa.int32())])),
+                        pa.field("tags", pa.list_(pa.string()))])
     batch = pa.record_batch([pa.array(np.arange(50, dtype=np.int64)), pa.array([os.urandom(500) for _ in range(50)]),
-                             pa.array(["a", "b"] * 25), pa.array(np.ones(50))], schema=schema)
+                             pa.array(["a", "b"] * 25), pa.array(np.ones(50)),
+                             pa.array([{"frame_id": "imu", "n": i % 3} for i in range(50)], schema.field("h").type),
+                             pa.array([["x", "y"]] * 50)], schema=schema)
     chunks = write(store, schema, "default", [batch])
     meta = column_meta(store, chunks[0].data_file)
-    assert meta["blob"] == {("LZ4", False, True)}
-    for col in ("timestamp_ns", "label", "v"):
+    for col in ("label", "h.frame_id", "tags.list.element"):
         assert meta[col] == {("LZ4", True, True)}, col
+    for col in ("timestamp_ns", "blob", "v", "h.n"):
+        assert meta[col] == {("LZ4", False, True)}, col
+    got = pa.Table.from_batches(list(read_topic(store, [c.data_file for c in chunks], schema)))
+    assert got.equals(pa.Table.from_batches([batch]))
+    assert formats.parquet_options(pa.schema([pa.field("v", pa.float64())]), "default")["use_dictionary"] is False
 
 
 def test_compresses_judges_the_bytes():
