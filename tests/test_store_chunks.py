@@ -130,3 +130,17 @@ def test_statistics_are_the_same_computed_inline_or_on_the_side_thread(store, mo
         assert (x.row_count, x.stats.ts_min, x.stats.ts_max, x.stats.ts_order) == \
             (y.row_count, y.stats.ts_min, y.stats.ts_max, y.stats.ts_order)
         assert {n: s.row() for n, s in x.stats.items()} == {n: s.row() for n, s in y.stats.items()}
+
+
+def test_statistics_of_unaligned_buffers():
+    """Flight hands over buffers at any address: min/max/NaN are the same as for aligned ones."""
+    import numpy as np
+
+    from mosaicod.store.stats import _numeric_min_max
+
+    values = np.array([3.5, -2.0, np.nan, 7.25, 0.0])
+    raw = np.zeros(values.nbytes + 1, np.uint8)
+    raw[1:] = values.view(np.uint8)
+    unaligned = pa.Array.from_buffers(pa.float64(), len(values), [None, pa.py_buffer(raw).slice(1)])
+    assert not unaligned.to_numpy(zero_copy_only=False).flags.aligned
+    assert _numeric_min_max(unaligned) == _numeric_min_max(pa.array(values)) == (-2.0, 7.25, True)

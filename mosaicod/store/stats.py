@@ -135,11 +135,17 @@ def _numeric_min_max(values: pa.Array) -> tuple[object, object, bool] | None:
     """(min, max, has_nan) of a numeric array with no nulls, or None when all values are NaN.
 
     numpy's min/max are ~20x faster than pyarrow's min_max kernel here; they propagate NaN,
-    which doubles as the NaN detector (the exact values are then recomputed without NaN)."""
+    which doubles as the NaN detector (the exact values are then recomputed without NaN).
+    Buffers received over Flight are not aligned (the IPC body sits at any offset of the gRPC
+    message): numpy then copies them piecewise for each reduction (``perf`` on an IMU upload:
+    7% of the server CPU in ``_contig_to_contig`` under ``array_min`` / ``array_max``); one
+    aligned copy first costs less than that (3.7x faster min + max on 32 MiB)."""
     t = values.type
     if pa.types.is_boolean(t) or pa.types.is_float16(t):
         values = pc.cast(values, pa.int8() if pa.types.is_boolean(t) else pa.float32())
     arr = values.to_numpy(zero_copy_only=False)
+    if not arr.flags.aligned:
+        arr = arr.copy()
     lo, hi = arr.min(), arr.max()
     has_nan = False
     if arr.dtype.kind == "f" and (math.isnan(lo) or math.isnan(hi)):
