@@ -152,9 +152,10 @@ def test_a_session_step_whose_connection_dies_fails_as_a_catalog_outage(engine, 
 
 def test_a_small_sequence_through_the_sdk_runs_few_catalog_statements(server, client):
     """Statements the server sends to the catalog for one small sequence written with the SDK
-    (sequence, 3 topics with data, writer exit).  Today 28: sequence 3, session 3, topic 1 each,
-    DoPut start 3 each, DoPut end 2 each, finalize 4; a little room for the server's own
-    periodic statements (owner keep-alive, heartbeat)."""
+    (sequence, 3 topics with data, writer exit).  Today 25: sequence 3, session 3, topic 1 each,
+    DoPut start 3 each, DoPut end 1 each (its finalizing UPDATE goes with the COMMIT, on the
+    driver), finalize 4; a little room for the server's own periodic statements (owner
+    keep-alive, heartbeat)."""
     from mosaicolabs import IMU, Message
     from mosaicolabs.models.data import Quaternion, Vector3d
 
@@ -176,7 +177,7 @@ def test_a_small_sequence_through_the_sdk_runs_few_catalog_statements(server, cl
                     w.push(m)
     finally:
         sa.event.remove(engine, "before_cursor_execute", listener)
-    assert len(statements) <= 31, statements
+    assert len(statements) <= 27, statements
     assert sorted(t.lstrip("/") for t in client.sequence_handler("snap").topics) == ["imu0", "imu1", "imu2"]
 
 
@@ -248,3 +249,41 @@ def test_one_statement_session_steps_commit_outside_a_transaction_without_a_wal_
         assert journaled > before
     finally:
         one.dispose()
+
+
+def test_a_topic_finalization_refused_at_its_last_statement_indexes_nothing(engine):
+    """The finalizing UPDATE goes with the COMMIT (one round trip): if it fails, the chunk rows
+    of the same step are not committed either, and the connection is not handed out again."""
+    import pyarrow as pa
+
+    from mosaicod.catalog.tables import sequence_t, session_t, topic_t
+
+    cat = Catalog(engine)
+    with engine.begin() as conn:
+        seq = conn.execute(sequence_t.insert().values(
+            sequence_uuid=uuid.uuid4(), locator_name="s", path_in_store="sq_x",
+            creation_unix_tstamp=1).returning(sequence_t.c.sequence_id)).scalar_one()
+        sess = conn.execute(session_t.insert().values(
+            session_uuid=uuid.uuid4(), locator_name="s:1", sequence_id=seq,
+            creation_unix_tstamp=1).returning(session_t.c.session_id)).scalar_one()
+        topics = [conn.execute(topic_t.insert().values(
+            topic_uuid=uuid.uuid4(), sequence_id=seq, session_id=sess, locator_name=f"s/t{k}",
+            serialization_format="default", ontology_tag="probe", creation_unix_tstamp=1)
+            .returning(topic_t.c.topic_id)).scalar_one() for k in range(2)]
+        conn.execute(sa.text(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.topic_id = %d THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$" % topics[0]))
+        conn.execute(sa.text("CREATE TRIGGER refuse BEFORE UPDATE ON topic_t FOR EACH ROW EXECUTE FUNCTION refuse()"))
+    chunk = {"ontology_tag": "probe", "data_file": "f0", "size_bytes": 10, "stats": _stats(x=pa.array([1.0, 2.0, 3.0]))}
+    with cat._read() as conn:
+        pid = _backend_pid(conn)
+    with pytest.raises(sa.exc.DBAPIError):
+        cat.finalize_topic(topics[0], 42, chunks=[chunk])
+    cat.finalize_topic(topics[1], 43, chunks=[{**chunk, "data_file": "f1"}])
+    with cat._read() as conn:
+        assert _backend_pid(conn) != pid  # the connection whose transaction failed was dropped
+        rows = conn.execute(sa.text("SELECT t.topic_id, t.completion_unix_tstamp, t.start_index_timestamp, "
+                                    "t.end_index_timestamp, count(c.chunk_id) FROM topic_t t "
+                                    "LEFT JOIN chunk_t c USING (topic_id) GROUP BY t.topic_id ORDER BY t.topic_id")).all()
+        assert [tuple(r) for r in rows] == [(topics[0], None, None, None, 0), (topics[1], 43, 5, 9, 1)]
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"

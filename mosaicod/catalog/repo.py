@@ -81,12 +81,19 @@ FOR UPDATE OF s
 RETURNING topic_id
 """.format(async_commit=_ASYNC_COMMIT_SQL)
 
+# Sent with the step's COMMIT in one round trip (simple query protocol: no parameters, the
+# values are integers written in by ``_finalize_topic_sql``).
 _FINALIZE_TOPIC = """
-WITH cleared AS (DELETE FROM pending_change_t WHERE change_id = %(change)s),
-r AS (SELECT min(start_timestamp_ns) AS lo, max(end_timestamp_ns) AS hi FROM chunk_t WHERE topic_id = %(topic)s)
-UPDATE topic_t SET completion_unix_tstamp = %(at)s, start_index_timestamp = r.lo, end_index_timestamp = r.hi
-FROM r WHERE topic_id = %(topic)s
+WITH cleared AS (DELETE FROM pending_change_t WHERE change_id = {change}),
+r AS (SELECT min(start_timestamp_ns) AS lo, max(end_timestamp_ns) AS hi FROM chunk_t WHERE topic_id = {topic})
+UPDATE topic_t SET completion_unix_tstamp = {at}, start_index_timestamp = r.lo, end_index_timestamp = r.hi
+FROM r WHERE topic_id = {topic}
 """
+
+
+def _finalize_topic_sql(topic_id: int, completed_at_ns: int, change_id: int | None) -> str:
+    return _FINALIZE_TOPIC.format(topic=int(topic_id), at=int(completed_at_ns),
+                                  change="NULL" if change_id is None else int(change_id))
 
 
 def _wrapped(exc: Exception, statement: str) -> Exception:
@@ -219,11 +226,13 @@ class Catalog:
         return self._read()
 
     @contextlib.contextmanager
-    def _session_step(self) -> Iterator[Connection]:
+    def _session_step(self, last: str | None = None) -> Iterator[Connection]:
         """A transaction of a writing session that does not wait for the WAL flush (module doc).
         Its BEGIN and the setting go in one round trip (an autocommit connection whose
         transaction is ours to open and end); BEGIN and COMMIT go straight to the driver (no
-        SQLAlchemy statement execution for them: a small sequence runs about thirty)."""
+        SQLAlchemy statement execution for them: a small sequence runs about thirty).  ``last``:
+        a statement without parameters run as the transaction's last, in the COMMIT's round trip
+        (if it fails, nothing after it runs and the connection, its transaction aborted, is dropped)."""
         with self._read() as conn:
             driver = conn.connection.driver_connection
             _on_driver(conn, driver, _BEGIN_ASYNC_COMMIT)
@@ -235,7 +244,7 @@ class Catalog:
                 except Exception:  # noqa: BLE001 - the connection is gone: never reuse it
                     conn.invalidate()
                 raise
-            _on_driver(conn, driver, "COMMIT")
+            _on_driver(conn, driver, "COMMIT" if last is None else f"{last}; COMMIT")
 
     # -- sequences ----------------------------------------------------------------------------
     def create_sequence(self, *, locator: str, uuid: uuidlib.UUID, user_metadata: Any,
@@ -441,10 +450,9 @@ class Catalog:
         """Close an upload in one step: index its last chunks (``chunks``: ``insert_chunk_rows``
         arguments), then completion time and exact timestamp range from the chunk rows, and its
         pending change cleared."""
-        with self._session_step() as conn:
+        with self._session_step(last=_finalize_topic_sql(topic_id, completed_at_ns, change_id)) as conn:
             for chunk in chunks:
                 insert_chunk_rows(conn, topic_id=topic_id, **chunk)
-            conn.exec_driver_sql(_FINALIZE_TOPIC, {"topic": topic_id, "at": completed_at_ns, "change": change_id})
 
     @staticmethod
     def _chunk_range(conn: Connection, topic_id: int) -> tuple[int | None, int | None]:
