@@ -256,3 +256,17 @@ def test_write_batch_size_follows_the_row_size():
                       "data": pa.array([os.urandom(100_000) for _ in range(40)], pa.binary())})
     assert formats.parquet_options(noisy.schema, "image", noisy)["write_batch_size"] == 11
     assert formats.parquet_options(noisy.schema, "default", noisy)["write_batch_size"] == 11
+
+
+def test_the_per_schema_analysis_is_done_once_per_schema():
+    from mosaicod.store import stats
+
+    def schema():  # the same schema, built anew by each upload
+        return pa.schema([("timestamp_ns", pa.int64()), ("v", pa.struct([("x", pa.float64())])),
+                          ("data", pa.binary())])
+
+    assert formats._leaves(schema()) is formats._leaves(schema())
+    assert stats.leaves(schema()) is stats.leaves(schema())
+    other = pa.schema([("timestamp_ns", pa.int64()), ("v", pa.struct([("y", pa.float64())]))])
+    assert [leaf.name for leaf in stats.leaves(other)] == ["timestamp_ns", "v.y"]  # keyed by content
+    assert formats.parquet_options(other, "default")["use_dictionary"] is True

@@ -42,6 +42,8 @@ row group, are compressed with zstd level 1; a column that does not shrink below
 
 from __future__ import annotations
 
+import functools
+
 import pyarrow as pa
 
 TS = "timestamp_ns"
@@ -165,7 +167,8 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
     return [path for path, _t, _repeated in _leaves(schema)]
 
 
-def _leaves(schema: pa.Schema) -> list[tuple[str, pa.DataType, bool]]:
+@functools.lru_cache(maxsize=256)  # per schema: every chunk file of a topic type asks
+def _leaves(schema: pa.Schema) -> tuple[tuple[str, pa.DataType, bool], ...]:
     """(Parquet column path, type, inside a list or map) of every leaf column."""
     out: list[tuple[str, pa.DataType, bool]] = []
 
@@ -183,4 +186,4 @@ def _leaves(schema: pa.Schema) -> list[tuple[str, pa.DataType, bool]]:
 
     for f in schema:
         walk(f.type, f.name, False)
-    return out
+    return tuple(out)

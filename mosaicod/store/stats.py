@@ -10,6 +10,7 @@ chunk never has to be in memory at once.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -45,7 +46,8 @@ class Leaf:
     type: pa.DataType
 
 
-def leaves(schema: pa.Schema) -> list[Leaf]:
+@functools.lru_cache(maxsize=256)  # per schema: every chunk of every upload of a topic type walks it
+def leaves(schema: pa.Schema) -> tuple[Leaf, ...]:
     """Depth-first leaves of a schema; lists of primitives / of structs are descended once."""
     out: list[Leaf] = []
 
@@ -66,7 +68,7 @@ def leaves(schema: pa.Schema) -> list[Leaf]:
 
     for f in schema:
         walk(f.type, (f.name,), False)
-    return out
+    return tuple(out)
 
 
 def _leaf_values(batch: pa.RecordBatch, leaf: Leaf) -> tuple[pa.Array, bool]:
@@ -229,7 +231,7 @@ class ChunkStats:
     ts_max: int | None = None
     ts_nulls: int = 0  # rows whose timestamp_ns is null
     columns: dict[str, ColumnStats] = field(default_factory=dict)
-    _leaves: list[Leaf] = field(default_factory=list)
+    _leaves: tuple[Leaf, ...] = ()
     _order: OrderCheck = field(default_factory=OrderCheck)
 
     def __post_init__(self) -> None:
