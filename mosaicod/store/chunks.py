@@ -176,8 +176,9 @@ class ChunkWriter:
         local = self.store.local_path(key)
         if local is not None:
             os.makedirs(os.path.dirname(local), exist_ok=True)
+            # large topics around the page cache (store/directfile.py); otherwise a native file
+            # (no GIL round-trips per page)
             direct = None if keep_cached(self.serialization_format) else open_direct(local)
-            # native file: no GIL round-trips per page
             self._sink = direct if direct is not None else pa.OSFile(local, "wb")
         else:
             self._sink = self.store.open_write(key)
