@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mosaicod.store import directfile
+from mosaicod.store import directfile, layout
 from mosaicod.store.chunks import ChunkWriter
 from mosaicod.store.objstore import ObjectStore
 
@@ -108,3 +108,47 @@ def test_chunk_writer_writes_large_topics_around_the_page_cache(tmp_path, direct
     assert chunks[0].size_bytes == os.path.getsize(path)
     assert pq.ParquetFile(path).metadata.num_row_groups >= 2
     assert pq.read_table(path).equals(pa.Table.from_batches(batches))
+
+
+@pytest.mark.parametrize("fail_at", ["row group", "close"])
+def test_a_chunk_file_the_disk_refuses_is_removed_by_abort(tmp_path, direct_path, monkeypatch, fail_at):
+    """The disk fills up (ENOSPC) while a large topic's chunk is written: the failed upload's
+    abort still removes the unindexed file (it has no footer: left behind, rebuild-catalog would
+    report it), even though closing a direct file that still holds gathered bytes fails too."""
+    store = ObjectStore.local(str(tmp_path / "store"))
+    w = ChunkWriter(store, "tp_E", SCHEMA, "image", max_chunk_size=1 << 30, row_group_bytes=1 << 20)
+    batches = _batches()
+    real_write = os.write
+    full = []
+
+    def write(fd, data):
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    if fail_at == "row group":  # the disk is full when the gathered buffer is drained mid-file
+        monkeypatch.setattr(directfile, "BUFFER_BYTES", 64 * 1024)
+        monkeypatch.setattr("mosaicod.store.chunks.open_direct",
+                            lambda path: directfile.open_direct(path, buffer_bytes=64 * 1024))
+        w.write(batches[0])
+        w.write(batches[1])
+        assert w.chunk_open
+        full.append(1)
+        with pytest.raises(OSError):
+            for b in batches[2:]:
+                w.write(b)
+    else:  # the row groups fit in the buffer; the disk is full when the file is closed
+        for b in batches:
+            w.write(b)
+        assert w.chunk_open
+        full.append(1)
+        with pytest.raises(OSError):
+            w.close()
+    try:
+        w.abort()  # the footer cannot be written either (raised), but the file is gone
+    except OSError:
+        assert fail_at == "row group"
+    assert w.chunks == []
+    assert not os.path.exists(store.local_path(layout.data_key("tp_E", 0)))
+    w.abort()  # again: nothing left to do

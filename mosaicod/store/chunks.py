@@ -124,15 +124,17 @@ class ChunkWriter:
         self._buffer.clear()
         self._buffered = 0
         self._shutdown_pool()
-        if self._writer is not None:
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
             try:
-                self._writer.close()
+                self._close_sink()  # may fail (a direct file's gathered bytes): the file goes anyway
             finally:
-                self._close_sink()
-                self._writer = None
                 if self._current is not None:  # never indexed: do not leave a valid-looking file
-                    self.store.delete(self._current.data_file)
-                    self._current = None
+                    current, self._current = self._current, None
+                    self.store.delete(current.data_file)
 
     # -- internals ----------------------------------------------------------------------------
     def _flush_row_group(self) -> None:
@@ -190,9 +192,9 @@ class ChunkWriter:
         return self._sink.tell() if self._sink is not None else 0
 
     def _close_sink(self) -> None:
-        if self._sink is not None:
-            self._sink.close()
-            self._sink = None
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.close()
 
     def _close_chunk(self) -> None:
         if self._writer is None or self._current is None:
