@@ -246,3 +246,42 @@ def test_an_end_of_stream_that_cannot_be_recorded_keeps_every_chunk(small_chunks
         assert_store_matches_catalog(srv)
     finally:
         c.close()
+
+
+def test_an_end_recorded_but_reported_failed_indexes_no_chunk_twice(small_chunks, monkeypatch):
+    """The catalog step that ends an upload commits, but its answer is lost (the connection
+    drops at COMMIT: the server sees an error).  The interruption that follows must not index
+    the chunks closed while ending a second time: every row is read exactly once."""
+    import sqlalchemy as sa
+
+    srv = small_chunks
+    catalog = srv.runtime.catalog
+    real_finalize = catalog.finalize_topic
+
+    def finalize_then_lose_the_answer(*args, **kwargs):
+        real_finalize(*args, **kwargs)
+        raise sa.exc.OperationalError("COMMIT", None, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(catalog, "finalize_topic", finalize_then_lose_the_answer)
+    c = flight.FlightClient(srv.location)
+    schema = pa.schema([pa.field("timestamp_ns", pa.int64(), nullable=False), pa.field("v", pa.float64())])
+    try:
+        act(c, "sequence_create", {"locator": "lost", "user_metadata": {}})
+        sess = act(c, "session_create", {"locator": "lost"})["uuid"]
+        tid = act(c, "topic_create", {"session_uuid": sess, "locator": "lost/a", "serialization_format": "default",
+                                      "ontology_tag": "F", "user_metadata": {}})["uuid"]
+        desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "lost/a", "topic_uuid": tid}).encode())
+        writer, _ = c.do_put(desc, schema)
+        n = 0
+        for _ in range(6):  # one chunk rolls (indexed at once), the last closes at the end
+            writer.write_batch(pa.record_batch([pa.array(range(n, n + 25_000), pa.int64()),
+                                                pa.array([float(x) for x in range(25_000)])], schema=schema))
+            n += 25_000
+        with pytest.raises(flight.FlightError):
+            writer.close()
+        meta = topic_meta(c, "lost/a")
+        assert meta["data_info"]["total_chunks_count"] == 2
+        assert meta["data_info"]["total_row_count"] == n
+        assert read_ts(c, "lost/a") == list(range(n))
+    finally:
+        c.close()

@@ -471,13 +471,18 @@ class Catalog:
                          change_id: int | None = None, conn: Connection | None = None,
                          chunks: Sequence[dict] = ()) -> bool:
         """Record that the DoPut stream of an uploading topic broke (the chunks indexed so far
-        stay, ``chunks`` -- ``insert_chunk_rows`` arguments -- are indexed with it) and leave a
-        topic notification saying so; False if it was not uploading."""
+        stay, ``chunks`` -- ``insert_chunk_rows`` arguments -- are indexed with it, except those
+        already indexed: an end whose commit was reported failed) and leave a topic notification
+        saying so; False if it was not uploading."""
         if conn is None:
             with self.engine.begin() as c:
                 return self.interrupt_upload(topic_id, interrupted_at_ns, message, change_id, c, chunks)
-        for chunk in chunks:
-            insert_chunk_rows(conn, topic_id=topic_id, **chunk)
+        if chunks:  # the end of the upload failed: index its last chunks unless it did commit them
+            indexed = set(conn.execute(sa.select(chunk_t.c.data_file).where(chunk_t.c.topic_id == topic_id))
+                          .scalars())
+            for chunk in chunks:
+                if chunk["data_file"] not in indexed:
+                    insert_chunk_rows(conn, topic_id=topic_id, **chunk)
         _clear(conn, change_id)
         lo, hi = self._chunk_range(conn, topic_id)
         done = conn.execute(topic_t.update().where(
