@@ -152,3 +152,34 @@ def test_a_chunk_file_the_disk_refuses_is_removed_by_abort(tmp_path, direct_path
     assert w.chunks == []
     assert not os.path.exists(store.local_path(layout.data_key("tp_E", 0)))
     w.abort()  # again: nothing left to do
+
+
+def test_a_file_system_that_refuses_o_direct_gets_an_ordinary_cached_file(tmp_path, monkeypatch):
+    """open(O_DIRECT) refused with EINVAL (some FUSE or older tmpfs): ``open_direct`` says so
+    (None) and an image topic's chunk is written as an ordinary file, its pages released after
+    each row group; the data is the same."""
+    real_open = os.open
+
+    def refusing_open(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    assert directfile.open_direct(str(tmp_path / "g.bin")) is None
+    released = []
+    real_fadvise = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: (released.append(advice),
+                                                                         real_fadvise(fd, off, n, advice)))
+    store = ObjectStore.local(str(tmp_path / "store"))
+    w = ChunkWriter(store, "tp_F", SCHEMA, "image", max_chunk_size=1 << 30, row_group_bytes=1 << 20)
+    batches = _batches()
+    for b in batches:
+        w.write(b)
+        if w.chunk_open:
+            assert isinstance(w._sink, pa.OSFile)
+    chunks = w.close()
+    assert released and set(released) == {os.POSIX_FADV_DONTNEED}
+    path = store.local_path(chunks[0].data_file)
+    assert chunks[0].size_bytes == os.path.getsize(path)
+    assert pq.read_table(path).equals(pa.Table.from_batches(batches))
