@@ -315,3 +315,22 @@ def test_windowed_flight_info_counts_exactly(raw_client, stored):
     got = raw_client.do_get(info.endpoints[0].ticket).read_all()
     assert got.column("timestamp_ns").to_pylist() == [1003, 1005, 1007]
     assert got.schema == SCHEMA
+
+
+def test_refusals_checked_in_the_catalog_statements_keep_their_kinds(raw_client, stored):
+    """topic_create and the DoPut claim check in the statement that applies them (then look
+    up why when it applies nothing): each refusal keeps its kind and message, whichever of
+    several problems comes first."""
+    sess, tid = new_topic(raw_client, "cl", "t")
+    base = {"session_uuid": sess, "serialization_format": "default", "ontology_tag": "X", "user_metadata": {}}
+    with pytest.raises(pa.ArrowKeyError, match="Session `.*` not found"):  # unknown session
+        act(raw_client, "topic_create", {**base, "session_uuid": str(uuid.uuid4()), "locator": "cl/u"})
+    with pytest.raises(flight.FlightUnauthorizedError, match="does not belong"):  # another sequence's topic
+        act(raw_client, "topic_create", {**base, "locator": "keep/t"})  # ... even one that exists
+    with pytest.raises(flight.FlightUnauthorizedError, match="wrong topic uuid"):
+        put(raw_client, "cl/t", str(uuid.uuid4()), [batch([3])])
+    put(raw_client, "cl/t", tid, [batch([1, 2])])
+    act(raw_client, "session_finalize", {"session_uuid": sess})
+    with pytest.raises(pa.ArrowInvalid, match="already finalized"):  # finalized session, existing topic
+        act(raw_client, "topic_create", {**base, "locator": "cl/t"})
+    assert_intact(raw_client)
