@@ -28,8 +28,9 @@ Figures (this 2-core VM, side by side, ``bench/bench_image.py`` uploads, server 
 Memory (``bench/bench_core.py``, IMU upload): steady rate 1 GiB / 4 GiB peak RSS 406 / 420 MB,
 ratio 1.03 (128 KiB: 352 / 355 MB); saturating client 525 / 493 MB (128 KiB: 440 / 535 MB);
 flat with the upload length either way.  The standard ``MALLOC_MMAP_THRESHOLD_`` /
-``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_ARENA_MAX`` environment variables still win: a setting given
-there is left alone.
+``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_ARENA_MAX`` environment variables, and their
+``GLIBC_TUNABLES`` names (``glibc.malloc.mmap_threshold`` etc.), still win: a setting given there is
+left alone.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ TRIM_THRESHOLD = 32 * 1024 * 1024
 ARENA_MAX = 2
 
 _TUNABLES = (
-    # (mallopt parameter, value, environment variable glibc reads at start)
-    (M_MMAP_THRESHOLD, MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_"),
-    (M_TRIM_THRESHOLD, TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_"),
-    (M_ARENA_MAX, ARENA_MAX, "MALLOC_ARENA_MAX"),
+    # (mallopt parameter, value, environment variable glibc reads at start, its GLIBC_TUNABLES name)
+    (M_MMAP_THRESHOLD, MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"),
+    (M_TRIM_THRESHOLD, TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold"),
+    (M_ARENA_MAX, ARENA_MAX, "MALLOC_ARENA_MAX", "glibc.malloc.arena_max"),
 )
 
 
@@ -73,9 +74,10 @@ def tune(environ: dict[str, str] | None = None) -> dict[str, int]:
     libc = _glibc()
     if libc is None:
         return {}
+    tunables = {item.split("=", 1)[0] for item in env.get("GLIBC_TUNABLES", "").split(":") if "=" in item}
     applied = {}
-    for param, value, env_name in _TUNABLES:
-        if env_name in env:
+    for param, value, env_name, tunable in _TUNABLES:
+        if env_name in env or tunable in tunables:
             continue
         if libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1:
             applied[env_name] = value

@@ -76,6 +76,17 @@ def test_environment_settings_win():
 
 
 @glibc_only
+def test_glibc_tunables_settings_win():
+    env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4:glibc.malloc.mmap_threshold=131072"}
+    assert allocator.tune(env) == {"MALLOC_TRIM_THRESHOLD_": allocator.TRIM_THRESHOLD}
+    assert allocator.tune({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}) == {
+        "MALLOC_MMAP_THRESHOLD_": allocator.MMAP_THRESHOLD, "MALLOC_ARENA_MAX": allocator.ARENA_MAX}
+    assert allocator.tune({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}) == {  # other tunables: ours apply
+        "MALLOC_MMAP_THRESHOLD_": allocator.MMAP_THRESHOLD, "MALLOC_TRIM_THRESHOLD_": allocator.TRIM_THRESHOLD,
+        "MALLOC_ARENA_MAX": allocator.ARENA_MAX}
+
+
+@glibc_only
 def test_an_environment_threshold_is_glibcs_own():
     """A threshold given in the environment is the one glibc applies (tune leaves it alone)."""
     def run(env):
