@@ -81,19 +81,21 @@ FOR UPDATE OF s
 RETURNING topic_id
 """.format(async_commit=_ASYNC_COMMIT_SQL)
 
-# Sent with the step's COMMIT in one round trip (simple query protocol: no parameters, the
-# values are integers written in by ``_finalize_topic_sql``).
+# A topic completed: completion time and exact timestamp range from its chunk rows, its pending
+# change (if any) cleared.  No parameters (simple query protocol: an upload's end sends it with
+# the step's COMMIT in one round trip); the values are integers written in by
+# ``_finalize_topic_sql``.
 _FINALIZE_TOPIC = """
-WITH cleared AS (DELETE FROM pending_change_t WHERE change_id = {change}),
-r AS (SELECT min(start_timestamp_ns) AS lo, max(end_timestamp_ns) AS hi FROM chunk_t WHERE topic_id = {topic})
+WITH {cleared}r AS (SELECT min(start_timestamp_ns) AS lo, max(end_timestamp_ns) AS hi FROM chunk_t
+                    WHERE topic_id = {topic})
 UPDATE topic_t SET completion_unix_tstamp = {at}, start_index_timestamp = r.lo, end_index_timestamp = r.hi
 FROM r WHERE topic_id = {topic}
 """
 
 
 def _finalize_topic_sql(topic_id: int, completed_at_ns: int, change_id: int | None) -> str:
-    return _FINALIZE_TOPIC.format(topic=int(topic_id), at=int(completed_at_ns),
-                                  change="NULL" if change_id is None else int(change_id))
+    cleared = "" if change_id is None else f"cleared AS (DELETE FROM pending_change_t WHERE change_id = {int(change_id)}),\n"
+    return _FINALIZE_TOPIC.format(topic=int(topic_id), at=int(completed_at_ns), cleared=cleared)
 
 
 def _wrapped(exc: Exception, statement: str) -> Exception:
@@ -462,10 +464,9 @@ class Catalog:
                               .where(chunk_t.c.topic_id == topic_id)).one()
         return lo, hi
 
-    def _complete_topic(self, conn: Connection, topic_id: int, completed_at_ns: int) -> None:
-        lo, hi = self._chunk_range(conn, topic_id)
-        conn.execute(topic_t.update().where(topic_t.c.topic_id == topic_id).values(
-            completion_unix_tstamp=completed_at_ns, start_index_timestamp=lo, end_index_timestamp=hi))
+    @staticmethod
+    def _complete_topic(conn: Connection, topic_id: int, completed_at_ns: int) -> None:
+        conn.exec_driver_sql(_finalize_topic_sql(topic_id, completed_at_ns, None))
 
     def interrupt_upload(self, topic_id: int, interrupted_at_ns: int, message: str,
                          change_id: int | None = None, conn: Connection | None = None,
