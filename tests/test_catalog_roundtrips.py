@@ -90,10 +90,7 @@ def _stored_stats(engine, chunk_id: int) -> dict:
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
-def test_a_chunk_and_its_statistics_are_indexed_in_one_statement_once_the_columns_exist(engine):
-    import pyarrow as pa
-
-    from mosaicod.catalog.repo import insert_chunk_rows
+def _probe_topic(engine) -> int:
     from mosaicod.catalog.tables import sequence_t, session_t, topic_t
 
     with engine.begin() as conn:
@@ -103,10 +100,18 @@ def test_a_chunk_and_its_statistics_are_indexed_in_one_statement_once_the_column
         sess = conn.execute(session_t.insert().values(
             session_uuid=uuid.uuid4(), locator_name="s:1", sequence_id=seq,
             creation_unix_tstamp=1).returning(session_t.c.session_id)).scalar_one()
-        topic = conn.execute(topic_t.insert().values(
+        return conn.execute(topic_t.insert().values(
             topic_uuid=uuid.uuid4(), sequence_id=seq, session_id=sess, locator_name="s/t",
             serialization_format="default", ontology_tag="probe", creation_unix_tstamp=1)
             .returning(topic_t.c.topic_id)).scalar_one()
+
+
+def test_a_chunk_and_its_statistics_are_indexed_in_one_statement_that_creates_missing_column_rows(engine):
+    import pyarrow as pa
+
+    from mosaicod.catalog.repo import insert_chunk_rows
+
+    topic = _probe_topic(engine)
     statements: list[str] = []
     sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
     first = _stats(x=pa.array([1.5, None, float("nan")]), name=pa.array(["b", "a", None]))
@@ -118,8 +123,8 @@ def test_a_chunk_and_its_statistics_are_indexed_in_one_statement_once_the_column
         with engine.begin() as conn:
             ids.append(insert_chunk_rows(conn, topic_id=topic, ontology_tag="probe", data_file=f"f{len(ids)}",
                                          size_bytes=10, stats=stats))
-        if stats is second:  # every column row exists: the chunk row and its stats in one statement
-            assert len(statements) == 1, statements
+        # the chunk row, its statistics and (first and third) the new column rows: one statement
+        assert len(statements) == 1, statements
     for chunk_id, stats in zip(ids, (first, second, third)):
         expected = {}
         for name, cs in stats.items():
@@ -132,6 +137,52 @@ def test_a_chunk_and_its_statistics_are_indexed_in_one_statement_once_the_column
         chunks = conn.execute(sa.text("SELECT data_file, row_count, start_timestamp_ns, end_timestamp_ns, "
                                       "timestamp_order FROM chunk_t ORDER BY chunk_id")).all()
     assert [tuple(c) for c in chunks] == [(f"f{i}", 3, 5, 9, 2) for i in range(3)]
+
+
+def test_a_column_row_created_by_a_concurrent_upload_gets_the_chunk_statistics(engine):
+    """Two uploads of a new ontology tag index their first chunks at once: the one whose column
+    row insert conflicts with the other's (still uncommitted) waits, then uses that row."""
+    import threading
+
+    import pyarrow as pa
+
+    from mosaicod.catalog.repo import insert_chunk_rows
+
+    topic = _probe_topic(engine)
+    other = engine.connect()
+    tx = other.begin()
+    other.execute(sa.text("INSERT INTO column_t (column_name, ontology_tag) VALUES ('x', 'probe')"))
+    other_pid = _backend_pid(other)
+    ids, failures = [], []
+
+    def index() -> None:
+        try:
+            with engine.begin() as conn:
+                ids.append(insert_chunk_rows(conn, topic_id=topic, ontology_tag="probe", data_file="f0",
+                                             size_bytes=10, stats=_stats(x=pa.array([1.0, 2.0, 3.0]))))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    worker = threading.Thread(target=index)
+    worker.start()
+    try:
+        with engine.connect() as conn:  # the insert waits for the other transaction's column row
+            deadline = time.monotonic() + 10
+            while not conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid' "
+                    "AND pid <> :p"), {"p": other_pid}).scalar_one():
+                assert time.monotonic() < deadline, "the insert did not wait for the other transaction"
+                time.sleep(0.02)
+                conn.commit()
+        tx.commit()
+    finally:
+        other.close()
+        worker.join(10)
+    assert not failures, failures
+    assert _stored_stats(engine, ids[0]) == {"timestamp_ns": (5.0, 9.0, False, False, None),
+                                             "x": (1.0, 3.0, False, False, None)}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM column_t WHERE column_name = 'x'")).scalar_one() == 1
 
 
 def test_a_session_step_whose_connection_dies_fails_as_a_catalog_outage(engine, pg_admin_url):

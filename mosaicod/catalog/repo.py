@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from .. import errors
 from ..store.stats import ChunkStats
-from .tables import (chunk_overlaps, chunk_t, column_chunk_numeric_t, column_chunk_textual_t, column_t,
+from .tables import (chunk_overlaps, chunk_t, column_t,
                      pending_change_t, sequence_notification_t, sequence_t, session_t, topic_notification_t,
                      topic_t)
 
@@ -82,20 +82,25 @@ RETURNING topic_id
 """.format(async_commit=_ASYNC_COMMIT_SQL)
 
 # A topic completed: completion time and exact timestamp range from its chunk rows, its pending
-# change (if any) cleared.  No parameters (simple query protocol: an upload's end sends it with
-# the step's COMMIT in one round trip); the values are integers written in by
-# ``_finalize_topic_sql``.
+# change (if any) cleared.  Static text in two variants (with and without a pending change):
+# prepared by psycopg after a few uses, planned once per connection instead of once per upload.
 _FINALIZE_TOPIC = """
 WITH {cleared}r AS (SELECT min(start_timestamp_ns) AS lo, max(end_timestamp_ns) AS hi FROM chunk_t
-                    WHERE topic_id = {topic})
-UPDATE topic_t SET completion_unix_tstamp = {at}, start_index_timestamp = r.lo, end_index_timestamp = r.hi
-FROM r WHERE topic_id = {topic}
+                    WHERE topic_id = %(topic)s)
+UPDATE topic_t SET completion_unix_tstamp = %(at)s, start_index_timestamp = r.lo, end_index_timestamp = r.hi
+FROM r WHERE topic_id = %(topic)s
 """
+_FINALIZE_TOPIC_ONLY = _FINALIZE_TOPIC.format(cleared="")
+_FINALIZE_TOPIC_CLEARING = _FINALIZE_TOPIC.format(
+    cleared="cleared AS (DELETE FROM pending_change_t WHERE change_id = %(change)s),\n")
 
 
-def _finalize_topic_sql(topic_id: int, completed_at_ns: int, change_id: int | None) -> str:
-    cleared = "" if change_id is None else f"cleared AS (DELETE FROM pending_change_t WHERE change_id = {int(change_id)}),\n"
-    return _FINALIZE_TOPIC.format(topic=int(topic_id), at=int(completed_at_ns), cleared=cleared)
+def _finalize_topic(topic_id: int, completed_at_ns: int, change_id: int | None) -> tuple[str, dict[str, int]]:
+    """The statement finalizing a topic, and its parameters."""
+    params = {"topic": topic_id, "at": completed_at_ns}
+    if change_id is None:
+        return _FINALIZE_TOPIC_ONLY, params
+    return _FINALIZE_TOPIC_CLEARING, {**params, "change": change_id}
 
 
 def _wrapped(exc: Exception, statement: str) -> Exception:
@@ -143,19 +148,29 @@ def _existing_column_ids(conn: Connection, ontology_tag: str, names: list[str]) 
     return {name: cid for name, cid in rows}
 
 
-# One round trip for a chunk row and its statistics rows, with the column ids looked up in the
-# same statement (the ids of the column rows that exist).  Static text: psycopg prepares it on a
-# connection after a few uses, and nothing is compiled per call.
+# One statement for a chunk row and its statistics rows, with the column ids looked up in the
+# same statement, and the column rows that do not exist yet (the first chunk of a new ontology tag,
+# or new columns) created by it: nothing to read back before the step commits, so the end of an
+# upload sends it with the finalization in one round trip (``Catalog._pipelined_step``).  A
+# column row that a concurrent upload creates meanwhile is taken (DO UPDATE returns the row the
+# insert conflicts with; DO NOTHING would return nothing and its statistics would be lost).
+# Static text: psycopg prepares it on a connection after a few uses, and nothing is compiled per call.
 _INSERT_CHUNK = """
-WITH ch AS (
+WITH have AS (
+  SELECT column_id, column_name FROM column_t
+  WHERE ontology_tag = %(tag)s AND column_name = ANY(%(names)s::text[])),
+made AS (
+  INSERT INTO column_t (column_name, ontology_tag)
+  SELECT n, %(tag)s FROM unnest(%(names)s::text[]) AS n WHERE n NOT IN (SELECT column_name FROM have)
+  ON CONFLICT (column_name, ontology_tag) DO UPDATE SET column_name = EXCLUDED.column_name
+  RETURNING column_id, column_name),
+cols AS (SELECT column_id, column_name FROM have UNION ALL SELECT column_id, column_name FROM made),
+ch AS (
   INSERT INTO chunk_t (chunk_uuid, topic_id, data_file, size_bytes, row_count, arrow_size_bytes,
                        start_timestamp_ns, end_timestamp_ns, timestamp_order)
   VALUES (%(uuid)s, %(topic_id)s, %(data_file)s, %(size_bytes)s, %(row_count)s, %(arrow_size_bytes)s,
           %(ts_min)s, %(ts_max)s, %(ts_order)s)
   RETURNING chunk_id),
-cols AS (
-  SELECT column_id, column_name FROM column_t
-  WHERE ontology_tag = %(tag)s AND column_name = ANY(%(names)s::text[])),
 num AS (
   INSERT INTO column_chunk_numeric_t (column_id, chunk_id, min_value, max_value, has_null, has_nan)
   SELECT cols.column_id, ch.chunk_id, s.lo, s.hi, s.has_null, s.has_nan
@@ -168,21 +183,17 @@ txt AS (
   FROM unnest(%(t_name)s::text[], %(t_lo)s::text[], %(t_hi)s::text[], %(t_null)s::bool[])
        AS s(name, lo, hi, has_null)
   JOIN cols ON cols.column_name = s.name CROSS JOIN ch)
-SELECT (SELECT chunk_id FROM ch), ARRAY(SELECT column_name FROM cols)
+SELECT chunk_id FROM ch
 """
 
 
-def insert_chunk_rows(conn: Connection, *, topic_id: int, ontology_tag: str, data_file: str,
-                      size_bytes: int, stats: ChunkStats) -> int:
-    """One ``chunk_t`` row and its statistics rows, in the caller's transaction.
-
-    One statement when the tag's column rows exist (every chunk but the first of a new ontology
-    tag); otherwise the missing column rows are created (``column_ids``) and their statistics
-    rows inserted next."""
+def _chunk_params(*, topic_id: int, ontology_tag: str, data_file: str, size_bytes: int,
+                  stats: ChunkStats) -> dict[str, Any]:
+    """The parameters of ``_INSERT_CHUNK``."""
     rows = {name: cs.row() for name, cs in stats.items()}
     numeric = [n for n, cs in stats.items() if cs.kind == "numeric"]
     textual = [n for n, cs in stats.items() if cs.kind != "numeric"]
-    chunk_id, found = conn.exec_driver_sql(_INSERT_CHUNK, {
+    return {
         "uuid": uuidlib.uuid4(), "topic_id": topic_id, "data_file": data_file, "size_bytes": size_bytes,
         "row_count": stats.row_count, "arrow_size_bytes": stats.arrow_size_bytes,
         "ts_min": stats.ts_min, "ts_max": stats.ts_max, "ts_order": stats.ts_order,
@@ -192,19 +203,16 @@ def insert_chunk_rows(conn: Connection, *, topic_id: int, ontology_tag: str, dat
         "n_null": [rows[n]["has_null"] for n in numeric], "n_nan": [rows[n]["has_nan"] for n in numeric],
         "t_name": textual, "t_lo": [rows[n]["min_value"] for n in textual],
         "t_hi": [rows[n]["max_value"] for n in textual], "t_null": [rows[n]["has_null"] for n in textual],
-    }).one()
-    have = set(found)
-    missing = [n for n in rows if n not in have]
-    if missing:  # first chunk of a new tag (or new columns): create their rows, then their stats
-        ids = column_ids(conn, ontology_tag, missing)
-        new_numeric = [{"column_id": ids[n], "chunk_id": chunk_id, **rows[n]} for n in missing if n in numeric]
-        new_textual = [{"column_id": ids[n], "chunk_id": chunk_id, **rows[n]} for n in missing if n not in numeric]
-        # one multi-row INSERT per table: one round trip (an executemany costs a pipeline sync)
-        if new_numeric:
-            conn.execute(column_chunk_numeric_t.insert().values(new_numeric))
-        if new_textual:
-            conn.execute(column_chunk_textual_t.insert().values(new_textual))
-    return chunk_id
+    }
+
+
+def insert_chunk_rows(conn: Connection, *, topic_id: int, ontology_tag: str, data_file: str,
+                      size_bytes: int, stats: ChunkStats) -> int:
+    """One ``chunk_t`` row and its statistics rows (and the tag's missing column rows), in the
+    caller's transaction: one statement."""
+    return conn.exec_driver_sql(_INSERT_CHUNK, _chunk_params(
+        topic_id=topic_id, ontology_tag=ontology_tag, data_file=data_file, size_bytes=size_bytes,
+        stats=stats)).scalar_one()
 
 
 def count_open_sessions(engine: Engine, timeout_ms: int = 2000) -> int:
@@ -228,13 +236,11 @@ class Catalog:
         return self._read()
 
     @contextlib.contextmanager
-    def _session_step(self, last: str | None = None) -> Iterator[Connection]:
+    def _session_step(self) -> Iterator[Connection]:
         """A transaction of a writing session that does not wait for the WAL flush (module doc).
         Its BEGIN and the setting go in one round trip (an autocommit connection whose
         transaction is ours to open and end); BEGIN and COMMIT go straight to the driver (no
-        SQLAlchemy statement execution for them: a small sequence runs about thirty).  ``last``:
-        a statement without parameters run as the transaction's last, in the COMMIT's round trip
-        (if it fails, nothing after it runs and the connection, its transaction aborted, is dropped)."""
+        SQLAlchemy statement execution for them: a small sequence runs about thirty)."""
         with self._read() as conn:
             driver = conn.connection.driver_connection
             _on_driver(conn, driver, _BEGIN_ASYNC_COMMIT)
@@ -246,7 +252,27 @@ class Catalog:
                 except Exception:  # noqa: BLE001 - the connection is gone: never reuse it
                     conn.invalidate()
                 raise
-            _on_driver(conn, driver, "COMMIT" if last is None else f"{last}; COMMIT")
+            _on_driver(conn, driver, "COMMIT")
+
+    def _pipelined_step(self, statements: Sequence[tuple[str, dict[str, Any] | None]]) -> None:
+        """A session step (module doc) whose statements need nothing read back: BEGIN, the
+        setting, ``statements`` ((SQL, parameters) pairs, straight to the driver) and COMMIT go out
+        pipelined (psycopg pipeline mode) and come back in one round trip, where ``_session_step``
+        takes one for BEGIN and one per statement.  If a statement fails, the server skips the
+        rest up to the pipeline's end, COMMIT included: nothing is committed; the connection,
+        its transaction aborted, is dropped and the error raised as SQLAlchemy raises it."""
+        with self._read() as conn:
+            driver = conn.connection.driver_connection
+            try:
+                with driver.pipeline():
+                    driver.execute("BEGIN")
+                    driver.execute("SET LOCAL synchronous_commit TO off")
+                    for sql, params in statements:
+                        driver.execute(sql, params)
+                    driver.execute("COMMIT")
+            except Exception as exc:
+                conn.invalidate()
+                raise _wrapped(exc, statements[0][0] if statements else "COMMIT") from None
 
     # -- sequences ----------------------------------------------------------------------------
     def create_sequence(self, *, locator: str, uuid: uuidlib.UUID, user_metadata: Any,
@@ -449,12 +475,11 @@ class Catalog:
 
     def finalize_topic(self, topic_id: int, completed_at_ns: int, change_id: int | None = None,
                        chunks: Sequence[dict] = ()) -> None:
-        """Close an upload in one step: index its last chunks (``chunks``: ``insert_chunk_rows``
-        arguments), then completion time and exact timestamp range from the chunk rows, and its
-        pending change cleared."""
-        with self._session_step(last=_finalize_topic_sql(topic_id, completed_at_ns, change_id)) as conn:
-            for chunk in chunks:
-                insert_chunk_rows(conn, topic_id=topic_id, **chunk)
+        """Close an upload in one step of one round trip: index its last chunks (``chunks``:
+        ``insert_chunk_rows`` arguments), then completion time and exact timestamp range from the
+        chunk rows, and its pending change cleared."""
+        self._pipelined_step([*((_INSERT_CHUNK, _chunk_params(topic_id=topic_id, **chunk)) for chunk in chunks),
+                              _finalize_topic(topic_id, completed_at_ns, change_id)])
 
     @staticmethod
     def _chunk_range(conn: Connection, topic_id: int) -> tuple[int | None, int | None]:
@@ -466,7 +491,7 @@ class Catalog:
 
     @staticmethod
     def _complete_topic(conn: Connection, topic_id: int, completed_at_ns: int) -> None:
-        conn.exec_driver_sql(_finalize_topic_sql(topic_id, completed_at_ns, None))
+        conn.exec_driver_sql(*_finalize_topic(topic_id, completed_at_ns, None))
 
     def interrupt_upload(self, topic_id: int, interrupted_at_ns: int, message: str,
                          change_id: int | None = None, conn: Connection | None = None,
@@ -512,11 +537,11 @@ class Catalog:
 
     # -- chunks and statistics ----------------------------------------------------------------
     def insert_chunk(self, *, topic_id: int, ontology_tag: str, data_file: str, size_bytes: int,
-                     stats: ChunkStats) -> int:
-        """Index one closed chunk of an upload (its own session step)."""
-        with self._session_step() as conn:
-            return insert_chunk_rows(conn, topic_id=topic_id, ontology_tag=ontology_tag,
-                                     data_file=data_file, size_bytes=size_bytes, stats=stats)
+                     stats: ChunkStats) -> None:
+        """Index one closed chunk of an upload (its own session step, one round trip)."""
+        self._pipelined_step([(_INSERT_CHUNK, _chunk_params(topic_id=topic_id, ontology_tag=ontology_tag,
+                                                            data_file=data_file, size_bytes=size_bytes,
+                                                            stats=stats))])
 
     def chunks_of(self, topic_id: int, start: int | None = None, end: int | None = None) -> list[RowMapping]:
         q = sa.select(chunk_t).where(chunk_t.c.topic_id == topic_id, *chunk_overlaps(start, end))
