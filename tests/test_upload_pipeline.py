@@ -65,6 +65,48 @@ class SlowWriter:
         self.aborted = True
 
 
+class ThreadRecorder(SlowWriter):
+    def __init__(self):
+        super().__init__(0)
+        self.threads = []
+
+    def write(self, b):
+        self.threads.append(threading.current_thread())
+        super().write(b)
+
+
+def test_a_stream_of_one_batch_is_written_at_close_without_a_writer_thread():
+    w = ThreadRecorder()
+    bw = BackgroundWriter(w, max_bytes=10 ** 9, name="upload-probe")
+    before = threading.active_count()
+    bw.write(batch(0))
+    assert threading.active_count() == before and w.written == []  # held, nothing started
+    assert bw.close() == [1000] and w.closed
+    assert w.threads == [threading.current_thread()]
+
+
+def test_the_writer_thread_starts_with_the_second_batch():
+    w = ThreadRecorder()
+    bw = BackgroundWriter(w, max_bytes=10 ** 9, name="upload-probe")
+    for i in range(3):
+        bw.write(batch(i * 1000))
+    assert bw.close() == [1000] * 3
+    assert len(set(w.threads)) == 1 and w.threads[0] is not threading.current_thread()
+    assert w.threads[0].name == "upload-probe"
+
+
+def test_a_held_batch_that_fails_at_close_fails_every_later_close():
+    fw = FailingWriter(0, OSError("disk full"))
+    bw = BackgroundWriter(fw, max_bytes=10 ** 9)
+    bw.write(batch(0))
+    for _ in range(2):  # as with the thread: the error is kept, the writer never closed
+        with pytest.raises(OSError, match="disk full"):
+            bw.close()
+    assert not fw.closed
+    bw.abort()
+    assert fw.aborted
+
+
 def test_queue_is_bounded_and_write_blocks_while_full():
     one = batch(0).nbytes
     slow = SlowWriter(0.05)

@@ -95,6 +95,7 @@ class ChunkWriter:
         self._sink = None
         self._current: ChunkInfo | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._folder_made = False  # the data folder of a local store exists
 
     # -- public -------------------------------------------------------------------------------
     @property
@@ -177,7 +178,9 @@ class ChunkWriter:
         key = layout.data_key(self.folder, index)
         local = self.store.local_path(key)
         if local is not None:
-            os.makedirs(os.path.dirname(local), exist_ok=True)
+            if not self._folder_made:  # once per upload, not per chunk
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                self._folder_made = True
             # large topics around the page cache (store/directfile.py); otherwise a native file
             # (no GIL round-trips per page)
             direct = None if keep_cached(self.serialization_format) else open_direct(local)

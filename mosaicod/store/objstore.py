@@ -6,7 +6,8 @@ Keys are '/'-separated and relative to the root (``tp_<ULID>/data/00000.parquet`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterable
 from urllib.parse import urlparse
 
@@ -37,6 +38,11 @@ class ObjectStore:
     fs: fsspec.AbstractFileSystem
     root: str  # path prefix inside fs, without trailing '/'
     url: str  # human-readable location (no secrets)
+    _local: bool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self._local = protocol in ("file", "local")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -93,8 +99,7 @@ class ObjectStore:
 
     def local_path(self, key: str) -> str | None:
         """The key's path on the local file system, or None for remote stores."""
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return self.path(key) if protocol in ("file", "local") else None
+        return self.path(key) if self._local else None
 
     def key_of(self, path: str) -> str:
         path = path.rstrip("/")
@@ -103,7 +108,19 @@ class ObjectStore:
 
     # -- objects ------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.fs.pipe_file(self.path(key), data)
+        if not self._local:
+            self.fs.pipe_file(self.path(key), data)
+            return
+        # a local store: the file written straight, its folder made only when missing (fsspec's
+        # auto_mkdir checks and makes the folder for every file)
+        path = self.path(key)
+        try:
+            f = open(path, "wb")
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            f = open(path, "wb")
+        with f:
+            f.write(data)
 
     def get_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
@@ -136,6 +153,8 @@ class ObjectStore:
         return self.fs.exists(self.path(key))
 
     def size(self, key: str) -> int:
+        if self._local:
+            return os.path.getsize(self.path(key))
         return int(self.fs.size(self.path(key)))
 
     def info(self, key: str) -> dict:
