@@ -576,15 +576,23 @@ class Upload:
         kept = sum(c.row_count for c in chunks)
         message = (f"Upload interrupted after {self.rows} rows ({kept} stored and readable): {reason}. "
                    "Finalize the session to keep them, or delete the topic")
-        try:
+
+        def store_step() -> None:  # run by the catalog with the topic row locked, if still uploading
             svc.store.put_json(layout.metadata_key(self.folder), svc._topic_doc(self.topic, None))
             svc.store.put_json(layout.commit_key(self.folder),
                                commit_doc_for(chunks, state="interrupted", committed_at_ns=at, interrupted_at_ns=at))
             crash_point("upload:interrupt_committed")
-            svc.catalog.interrupt_upload(self.topic["topic_id"], at, message, self.change, chunks=self._held or ())
+
+        try:
+            interrupted = svc.catalog.interrupt_upload(self.topic["topic_id"], at, message, self.change,
+                                                       chunks=self._held or (), store_step=store_step)
         except Exception as exc:  # noqa: BLE001
             log.error("could not record an interrupted upload; the recovery will", topic=locator,
                       error=errors.first_line(exc))
+            return
+        if not interrupted:  # e.g. the end's COMMIT applied although its answer was lost
+            log.warning("upload not interrupted: the catalog no longer has it uploading (finalized or deleted); "
+                        "its store documents were left as they are", topic=locator, reason=reason)
             return
         log.warning("upload interrupted", topic=locator, rows_received=self.rows, rows_kept=kept,
                     chunks=len(chunks), reason=reason)

@@ -249,10 +249,14 @@ def test_an_end_of_stream_that_cannot_be_recorded_keeps_every_chunk(small_chunks
         c.close()
 
 
-def test_an_end_recorded_but_reported_failed_indexes_no_chunk_twice(small_chunks, monkeypatch):
-    """The catalog step that ends an upload commits, but its answer is lost (the connection
-    drops at COMMIT: the server sees an error).  The interruption that follows must not index
-    the chunks closed while ending a second time: every row is read exactly once."""
+@pytest.mark.parametrize("applied", [True, False], ids=["commit-applied", "commit-rolled-back"])
+def test_an_end_recorded_but_reported_failed_indexes_no_chunk_twice(small_chunks, monkeypatch, applied):
+    """The catalog step that ends an upload fails at COMMIT (the connection drops: the server
+    sees an error) after the store got the finalized documents.  If the COMMIT was applied (its
+    answer lost), the topic is finalized: the interruption that follows leaves the store saying
+    so and indexes no chunk a second time.  If it was not, the topic ends interrupted in the
+    store and the catalog alike.  Either way every row is read exactly once and
+    `rebuild-catalog --dry-run` finds no difference."""
     import sqlalchemy as sa
 
     srv = small_chunks
@@ -260,7 +264,8 @@ def test_an_end_recorded_but_reported_failed_indexes_no_chunk_twice(small_chunks
     real_finalize = catalog.finalize_topic
 
     def finalize_then_lose_the_answer(*args, **kwargs):
-        real_finalize(*args, **kwargs)
+        if applied:
+            real_finalize(*args, **kwargs)
         raise sa.exc.OperationalError("COMMIT", None, Exception("server closed the connection unexpectedly"))
 
     monkeypatch.setattr(catalog, "finalize_topic", finalize_then_lose_the_answer)
@@ -287,5 +292,10 @@ def test_an_end_recorded_but_reported_failed_indexes_no_chunk_twice(small_chunks
         assert meta["data_info"]["total_chunks_count"] == len(files)
         assert meta["data_info"]["total_row_count"] == n
         assert read_ts(c, "lost/a") == list(range(n))
+        state = "finalized" if applied else "interrupted"
+        assert meta["upload_state"] == state
+        folder = catalog.topic("lost/a")["path_in_store"]
+        assert srv.runtime.store.get_json(f"{folder}/_COMMIT.json")["state"] == state
+        assert_store_matches_catalog(srv)
     finally:
         c.close()

@@ -495,14 +495,27 @@ class Catalog:
 
     def interrupt_upload(self, topic_id: int, interrupted_at_ns: int, message: str,
                          change_id: int | None = None, conn: Connection | None = None,
-                         chunks: Sequence[dict] = ()) -> bool:
+                         chunks: Sequence[dict] = (), store_step: Callable[[], None] | None = None) -> bool:
         """Record that the DoPut stream of an uploading topic broke (the chunks indexed so far
         stay, ``chunks`` -- ``insert_chunk_rows`` arguments -- are indexed with it, except those
         already indexed: an end whose commit was reported failed) and leave a topic notification
-        saying so; False if it was not uploading."""
+        saying so; False if it was not uploading.  ``store_step()`` (the store documents saying
+        *interrupted*) runs with the topic row locked, and only when the topic is still uploading:
+        an end whose COMMIT reached the database although its answer was lost left the topic
+        finalized, and its store documents must keep saying so (a COMMIT still in flight holds the
+        row lock until it is applied or rolled back, so the check cannot race it)."""
         if conn is None:
             with self.engine.begin() as c:
-                return self.interrupt_upload(topic_id, interrupted_at_ns, message, change_id, c, chunks)
+                return self.interrupt_upload(topic_id, interrupted_at_ns, message, change_id, c, chunks, store_step)
+        if store_step is not None:
+            state = conn.execute(sa.select(topic_t.c.path_in_store, topic_t.c.completion_unix_tstamp,
+                                           topic_t.c.interrupted_unix_tstamp)
+                                 .where(topic_t.c.topic_id == topic_id).with_for_update()).first()
+            if (state is None or state.path_in_store is None or state.completion_unix_tstamp is not None
+                    or state.interrupted_unix_tstamp is not None):
+                _clear(conn, change_id)
+                return False
+            store_step()
         if chunks:  # the end of the upload failed: index its last chunks unless it did commit them
             indexed = set(conn.execute(sa.select(chunk_t.c.data_file).where(chunk_t.c.topic_id == topic_id))
                           .scalars())
