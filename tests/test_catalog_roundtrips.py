@@ -1,5 +1,5 @@
 """Catalog round trips on the write path: idle-only connection checks, session steps committed
-without waiting for the WAL flush, reads without a transaction."""
+without waiting for the WAL flush, reads without a transaction; the DoPut claim's lock."""
 
 import time
 import uuid
@@ -338,3 +338,38 @@ def test_a_topic_finalization_refused_at_its_last_statement_indexes_nothing(engi
                                     "LEFT JOIN chunk_t c USING (topic_id) GROUP BY t.topic_id ORDER BY t.topic_id")).all()
         assert [tuple(r) for r in rows] == [(topics[0], None, None, None, 0), (topics[1], 43, 5, 9, 1)]
         assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
+
+
+def test_of_two_claims_of_one_topic_at_once_only_one_wins(engine):
+    """The second claim waits for the first one's lock on the topic, then sees its pending upload."""
+    import threading
+
+    from mosaicod import errors
+    from mosaicod.catalog.journal import Journal
+
+    cat, journal = Catalog(engine), Journal(engine, owner_key=1)
+    seq = cat.create_sequence(locator="s", uuid=uuid.uuid4(), user_metadata={}, path_in_store="sq_1",
+                              created_at_ns=1)
+    sess, topic_uuid = uuid.uuid4(), uuid.uuid4()
+    cat.create_session(sequence_id=seq, uuid=sess, locator="s:1", created_at_ns=2)
+    cat.create_topic(session_uuid=sess, locator="s/t", uuid=topic_uuid, serialization_format="default",
+                     ontology_tag="imu", user_metadata=None, created_at_ns=3, sequence_locator="s")
+    first_holds_the_lock, results = threading.Event(), {}
+
+    def claim(name: str, hold: float) -> None:
+        def record(conn, topic) -> int:
+            first_holds_the_lock.set()
+            time.sleep(hold)  # the other claim arrives meanwhile
+            return journal.begin("upload", {"topic_id": topic["topic_id"], "folder": name}, 1, conn)
+        try:
+            results[name] = cat.claim_upload("s/t", topic_uuid, record)[1]
+        except errors.MosaicoError as exc:
+            results[name] = (exc.kind, exc.message)
+
+    first = threading.Thread(target=claim, args=("first", 0.5))
+    first.start()
+    assert first_holds_the_lock.wait(10)
+    claim("second", 0)
+    first.join(10)
+    assert isinstance(results["first"], int)
+    assert results["second"] == (errors.Kind.FAILED_PRECONDITION, "Topic `s/t` is already uploading data")

@@ -103,6 +103,10 @@ def _finalize_topic(topic_id: int, completed_at_ns: int, change_id: int | None) 
     return _FINALIZE_TOPIC_CLEARING, {**params, "change": change_id}
 
 
+# The lock a DoPut claim takes on its topic row (``Catalog.claim_upload``).
+_LOCK_TOPIC = "SELECT 1 FROM topic_t WHERE locator_name = %(locator)s FOR UPDATE"
+
+
 def _wrapped(exc: Exception, statement: str) -> Exception:
     """A driver error raised outside SQLAlchemy's execution, as SQLAlchemy raises it (an
     ``OperationalError`` for a lost connection, ...)."""
@@ -274,6 +278,31 @@ class Catalog:
                 conn.invalidate()
                 raise _wrapped(exc, statements[0][0] if statements else "COMMIT") from None
 
+    @contextlib.contextmanager
+    def _locked(self, lock_sql: str, params: dict[str, Any]) -> Iterator[Connection]:
+        """A transaction (committed synchronously) that starts by locking rows with ``lock_sql``:
+        BEGIN and the locking statement go out pipelined, in one round trip.  The statements run
+        in it next read after the locks are held (each one its own snapshot: they see what the
+        previous holder of the locks committed).  A failure rolls back (or drops the connection)."""
+        with self._read() as conn:
+            driver = conn.connection.driver_connection
+            try:
+                with driver.pipeline():
+                    driver.execute("BEGIN")
+                    driver.execute(lock_sql, params)
+            except Exception as exc:
+                conn.invalidate()
+                raise _wrapped(exc, lock_sql) from None
+            try:
+                yield conn
+            except BaseException:
+                try:
+                    driver.execute("ROLLBACK")
+                except Exception:  # noqa: BLE001 - the connection is gone: never reuse it
+                    conn.invalidate()
+                raise
+            _on_driver(conn, driver, "COMMIT")
+
     # -- sequences ----------------------------------------------------------------------------
     def create_sequence(self, *, locator: str, uuid: uuidlib.UUID, user_metadata: Any,
                         path_in_store: str, created_at_ns: int, change_id: int | None = None) -> int:
@@ -442,18 +471,21 @@ class Catalog:
 
     def claim_upload(self, locator: str, topic_uuid: uuidlib.UUID,
                      claim: Callable[[Connection, RowMapping], int]) -> tuple[RowMapping, int]:
-        """The single-writer barrier of a DoPut stream: lock the topic (its row as ``topic``
-        returns it), check that it is EMPTY and not claimed by another stream, then
+        """The single-writer barrier of a DoPut stream: lock the topic, then read it (its row as
+        ``topic`` returns it), check that it is EMPTY and not claimed by another stream, then
         ``claim(conn, topic)`` records the pending upload in the same transaction (returns its
         change id).  Returns (topic, change id).  The topic gets its folder
-        (``set_upload_folder``) once the store holds it."""
+        (``set_upload_folder``) once the store holds it.
+
+        The row is read by a statement after the locking one: a claim that waited for another
+        claim's lock sees the pending upload that one committed (read by the locking statement
+        itself, it would be read from before the wait, and both claims would win)."""
         pending = (sa.select(pending_change_t.c.change_id).where(
             pending_change_t.c.kind == "upload",
             sa.cast(pending_change_t.c.target["topic_id"].astext, sa.Integer) == topic_t.c.topic_id).exists())
-        with self.engine.begin() as conn:
+        with self._locked(_LOCK_TOPIC, {"locator": locator}) as conn:
             row = conn.execute(self._topic_query().add_columns(pending.label("upload_pending"))
-                               .where(topic_t.c.locator_name == locator)
-                               .with_for_update(of=topic_t)).mappings().first()
+                               .where(topic_t.c.locator_name == locator)).mappings().first()
             if row is None:
                 raise errors.not_found(f"Topic `{locator}`")
             if row["topic_uuid"] != topic_uuid:
