@@ -9,9 +9,10 @@ One command, this machine:
 
 Starts ``--servers`` ``mosaicod serve`` processes on one data dir (one embedded PostgreSQL
 catalog, one local store; each process on its own loopback port, as behind an L4 load balancer:
-see README "Several server processes"), stores 4 topics to be read, then runs two phases, each
-client in its own process speaking the protocol through ``pyarrow.flight`` (IMU-like rows,
-16 MiB batches; clients are spread over the servers round-robin):
+docs/operations.md, "Several server processes behind one address"), stores 4 topics to be read,
+then runs two phases, each client in its own process speaking the protocol through
+``pyarrow.flight`` (IMU-like rows, 16 MiB batches; clients are spread over the servers
+round-robin):
 
 * single: 1 writer (a new topic) and 1 reader (a stored topic) at the same time, one server;
 * load: 4 writers (4 new topics) and 4 readers (the 4 stored topics) at the same time.

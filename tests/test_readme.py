@@ -28,8 +28,6 @@ ROOT = rc.ROOT
 CI_RUN = ROOT / ".ci" / "run"
 DOCKER_REASON = ("needs a Docker daemon and the postgres/minio images: CI has neither (no image "
                  "registry is reachable); run by hand, see the Docker section")
-SEVERAL_REASON = ("fixed ports, behind an operator's load balancer; two `serve` processes on one data dir "
-                  "are run by tests/test_ops_two_servers.py")
 NOT_RUN: dict[str, str] = {
     "cp .env.example .env && chmod 600 .env && $EDITOR .env": "interactive: the operator fills in the secrets",
     "docker compose up -d --build": DOCKER_REASON,
@@ -40,8 +38,6 @@ NOT_RUN: dict[str, str] = {
     "docker build -t mosaicod:local .": DOCKER_REASON,
     "docker run -d --name mosaicod -p 127.0.0.1:6726:6726 -v mosaicod-data:/var/lib/mosaicod mosaicod:local":
         DOCKER_REASON,
-    "mosaicod serve --port 6801 &": SEVERAL_REASON,
-    "mosaicod serve --port 6802 &": SEVERAL_REASON,
 }
 SECURITY_MARKER = "## Security"
 
