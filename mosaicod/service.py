@@ -115,13 +115,16 @@ class Service:
     def sequence_create(self, body: dict) -> None:
         locator = locators.sequence(member(body, "locator"))
         metadata = _metadata(body)
-        if self.catalog.sequence_exists(locator):  # cheap early answer; the insert decides
-            raise errors.already_exists(f"Sequence `{locator}`")
         uuid, folder, created = uuidlib.uuid4(), layout.new_sequence_folder(), now_ns()
+        # recorded unless the name is taken: an early answer that leaves the store untouched
+        # (the insert decides a race)
+        change = self.journal.begin_sequence_create({"folder": folder, "locator": locator}, locator, now_ns())
+        if change is None:
+            raise errors.already_exists(f"Sequence `{locator}`")
         key = layout.metadata_key(folder)
         doc = layout.sequence_metadata_doc(locator=locator, uuid=str(uuid), created_at_ns=created,
                                            user_metadata=metadata)
-        change = self._store_first("sequence_create", {"folder": folder, "locator": locator}, key, doc)
+        self._store_journaled("sequence_create", change, key, doc)
         try:
             self.catalog.create_sequence(locator=locator, uuid=uuid, user_metadata=metadata,
                                          path_in_store=folder, created_at_ns=created, change_id=change)
@@ -130,14 +133,17 @@ class Service:
             raise
 
     def session_create(self, body: dict) -> dict:
-        seq = self.catalog.sequence(locators.sequence(member(body, "locator")))
+        sequence = locators.sequence(member(body, "locator"))
         uuid, created = uuidlib.uuid4(), now_ns()
-        locator = f"{seq['locator_name']}:{layout.new_ulid()}"
-        key = layout.session_key(seq["path_in_store"], locator)
+        locator = f"{sequence}:{layout.new_ulid()}"
+        recorded = self.journal.begin_session_create(sequence, locator, now_ns())  # looks the sequence up
+        if recorded is None:
+            raise errors.not_found(f"Sequence `{sequence}`")
+        change, sequence_id, key = recorded
         doc = layout.session_doc(locator=locator, uuid=str(uuid), created_at_ns=created, completed_at_ns=None)
-        change = self._store_first("session_create", {"key": key, "locator": locator}, key, doc)
+        self._store_journaled("session_create", change, key, doc)
         try:
-            self.catalog.create_session(sequence_id=seq["sequence_id"], uuid=uuid, locator=locator,
+            self.catalog.create_session(sequence_id=sequence_id, uuid=uuid, locator=locator,
                                         created_at_ns=created, change_id=change)
         except BaseException:
             self._undo_store_first(change, [key])
@@ -241,7 +247,10 @@ class Service:
     # store helpers: every change reaches the store before the catalog (catalog/journal.py)
     def _store_first(self, kind: str, target: dict, key: str, doc: Any) -> int:
         """Record a pending change, then write its document: the catalog may apply it next."""
-        change = self.journal.begin(kind, target, now_ns())
+        return self._store_journaled(kind, self.journal.begin(kind, target, now_ns()), key, doc)
+
+    def _store_journaled(self, kind: str, change: int, key: str, doc: Any) -> int:
+        """Write the document of a pending change just recorded (``_store_first``)."""
         crash_point(f"{kind}:journaled")
         try:
             self.store.put_json(key, doc)

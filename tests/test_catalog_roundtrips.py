@@ -35,7 +35,7 @@ def test_a_connection_that_died_while_idle_is_replaced(engine, pg_admin_url):
         assert _backend_pid(conn) != pid
 
 
-def test_session_steps_do_not_wait_for_the_wal_flush_and_finalization_does(engine):
+def test_session_steps_do_not_wait_for_the_wal_flush_and_other_transactions_do(engine):
     cat = Catalog(engine)
     with cat._session_step() as conn:
         assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "off"
@@ -203,10 +203,11 @@ def test_a_session_step_whose_connection_dies_fails_as_a_catalog_outage(engine, 
 
 def test_a_small_sequence_through_the_sdk_runs_few_catalog_statements(server, client):
     """Statements the server sends to the catalog for one small sequence written with the SDK
-    (sequence, 3 topics with data, writer exit).  Today 25: sequence 3, session 3, topic 1 each,
-    DoPut start 3 each, DoPut end 1 each (its finalizing UPDATE goes with the COMMIT, on the
-    driver), finalize 4; a little room for the server's own periodic statements (owner
-    keep-alive, heartbeat)."""
+    (sequence, 3 topics with data, writer exit).  Today 17: sequence 2, session 2, topic 1 each,
+    DoPut start 3 each, DoPut end none (pipelined straight to the driver), finalize 1 (its
+    pending change; the rest goes straight to the driver, counted by
+    ``test_the_session_actions_take_few_catalog_round_trips``); a little room for the server's
+    own periodic statements (owner keep-alive, heartbeat)."""
     from mosaicolabs import IMU, Message
     from mosaicolabs.models.data import Quaternion, Vector3d
 
@@ -228,7 +229,7 @@ def test_a_small_sequence_through_the_sdk_runs_few_catalog_statements(server, cl
                     w.push(m)
     finally:
         sa.event.remove(engine, "before_cursor_execute", listener)
-    assert len(statements) <= 27, statements
+    assert len(statements) <= 19, statements
     assert sorted(t.lstrip("/") for t in client.sequence_handler("snap").topics) == ["imu0", "imu1", "imu2"]
 
 
@@ -373,3 +374,138 @@ def test_of_two_claims_of_one_topic_at_once_only_one_wins(engine):
     first.join(10)
     assert isinstance(results["first"], int)
     assert results["second"] == (errors.Kind.FAILED_PRECONDITION, "Topic `s/t` is already uploading data")
+
+
+def test_the_session_actions_take_few_catalog_round_trips(make_settings, tmp_path):
+    """Round trips to the catalog (libpq's ReadyForQuery messages, on every pooled connection)
+    per action of a small sequence: sequence_create 2 (the pending change, which checks the name,
+    and the row), session_create 2 (the pending change, which looks the sequence up, and the
+    row), topic_create 1, session_finalize 3 (BEGIN with the locks, the pending change, the
+    updates with the COMMIT)."""
+    import psycopg
+    import pyarrow as pa
+
+    from mosaicod.runtime import Runtime
+    from mosaicod.service import Service
+
+    runtime = Runtime.open(make_settings())
+    svc = Service(runtime.settings, runtime.catalog, runtime.store, runtime.journal)
+    schema = pa.schema([("timestamp_ns", pa.int64()), ("x", pa.float64())])
+    batch = pa.record_batch([pa.array([1, 2], pa.int64()), pa.array([0.5, 1.5])], schema=schema)
+    trace = tmp_path / "libpq.trace"
+    traced = open(trace, "w")
+    counted: dict[str, int] = {}
+
+    def checkout(dbapi_conn, record, proxy):  # noqa: ANN001 - SQLAlchemy event signature
+        dbapi_conn.pgconn.trace(traced.fileno())
+        dbapi_conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
+
+    def checkin(dbapi_conn, record):  # noqa: ANN001
+        if dbapi_conn is not None and not dbapi_conn.closed:
+            dbapi_conn.pgconn.untrace()
+
+    def count(name, fn, *args):
+        traced.flush()
+        start = trace.read_text().count("ReadyForQuery")
+        result = fn(*args)
+        traced.flush()
+        counted[name] = counted.get(name, 0) + trace.read_text().count("ReadyForQuery") - start
+        return result
+
+    try:
+        sa.event.listen(runtime.engine, "checkout", checkout)
+        sa.event.listen(runtime.engine, "checkin", checkin)
+        for i in range(7):  # past psycopg's preparation of repeated statements (its 5th use)
+            counted.clear()
+            count("sequence_create", svc.sequence_create, {"locator": f"seq{i}", "user_metadata": {}})
+            sess = count("session_create", svc.session_create, {"locator": f"seq{i}"})
+            for k in range(2):
+                topic = count("topic_create", svc.topic_create, {
+                    "session_uuid": sess["uuid"], "locator": f"seq{i}/t{k}", "serialization_format": "default",
+                    "ontology_tag": "probe", "user_metadata": {}})
+                upload = svc.begin_upload(f"seq{i}/t{k}", uuid.UUID(topic["uuid"]), schema)
+                upload.write(batch)
+                upload.finish()
+            count("session_finalize", svc.session_finalize, {"session_uuid": sess["uuid"]})
+    finally:
+        sa.event.remove(runtime.engine, "checkout", checkout)
+        sa.event.remove(runtime.engine, "checkin", checkin)
+        traced.close()
+        runtime.close()
+    assert counted == {"sequence_create": 2, "session_create": 2, "topic_create": 2, "session_finalize": 3}
+
+
+def test_a_refused_create_records_nothing_and_writes_nothing(make_settings):
+    """The name check of sequence_create and the sequence lookup of session_create run in the
+    statement that records the pending change: a refused create leaves no pending change and no
+    document in the store, with the same error as before."""
+    from mosaicod import errors
+    from mosaicod.runtime import Runtime
+    from mosaicod.service import Service
+
+    runtime = Runtime.open(make_settings())
+    svc = Service(runtime.settings, runtime.catalog, runtime.store, runtime.journal)
+    try:
+        svc.sequence_create({"locator": "taken", "user_metadata": {}})
+        stored = sorted(runtime.store.walk_files(""))
+        with pytest.raises(errors.MosaicoError) as dup:
+            svc.sequence_create({"locator": "taken", "user_metadata": {"x": 1}})
+        assert (dup.value.kind, str(dup.value)) == (errors.Kind.ALREADY_EXISTS, "Sequence `taken` already exists")
+        with pytest.raises(errors.MosaicoError) as missing:
+            svc.session_create({"locator": "nowhere"})
+        assert missing.value.kind is errors.Kind.NOT_FOUND and "Sequence `nowhere`" in str(missing.value)
+        assert sorted(runtime.store.walk_files("")) == stored
+        sess = svc.session_create({"locator": "taken"})
+        with runtime.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM pending_change_t")).scalar_one() == 0
+            folder = conn.execute(sa.text("SELECT path_in_store FROM sequence_t WHERE locator_name = 'taken'")).scalar_one()
+        doc = runtime.store.get_json(f"{folder}/sessions/{sess['locator'].rpartition(':')[2]}.json")
+        assert (doc["locator"], doc["uuid"]) == (sess["locator"], sess["uuid"])  # under the sequence folder
+    finally:
+        runtime.close()
+
+
+def test_session_finalize_waits_for_the_wal_flush_only_for_its_pending_change(make_settings):
+    """The pending finalization is committed durably (flushing the session's earlier steps with
+    it); the finalizing commit, recovered from the store if lost, does not wait for the flush."""
+    from mosaicod.catalog.journal import Journal
+    from mosaicod.catalog.tables import sequence_t, session_t, topic_t
+
+    settings = make_settings()
+    db.connect(settings).dispose()  # the catalog tables
+    two = sa.create_engine(settings.db_url, pool_size=2, max_overflow=0)  # the step and its pending change
+    try:
+        cat, journal = Catalog(two), Journal(two, owner_key=1)
+        sess_uuid = uuid.uuid4()
+        with two.begin() as conn:
+            seq = conn.execute(sequence_t.insert().values(
+                sequence_uuid=uuid.uuid4(), locator_name="s", path_in_store="sq_x",
+                creation_unix_tstamp=1).returning(sequence_t.c.sequence_id)).scalar_one()
+            sess = conn.execute(session_t.insert().values(
+                session_uuid=sess_uuid, locator_name="s:1", sequence_id=seq,
+                creation_unix_tstamp=1).returning(session_t.c.session_id)).scalar_one()
+            conn.execute(topic_t.insert().values(
+                topic_uuid=uuid.uuid4(), sequence_id=seq, session_id=sess, locator_name="s/t",
+                serialization_format="default", ontology_tag="probe", creation_unix_tstamp=1,
+                path_in_store="tp_x", completion_unix_tstamp=2))
+        with two.connect() as a, two.connect() as b:
+            pids = [_backend_pid(a), _backend_pid(b)]
+
+        def fsyncs() -> int:
+            with two.connect() as a, two.connect() as b:
+                for conn in (a, b):
+                    conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))
+                    conn.commit()
+                return a.execute(sa.text(
+                    "SELECT coalesce(sum(fsyncs), 0) FROM unnest(CAST(:p AS int[])) AS p(pid), "
+                    "pg_stat_get_backend_io(p.pid) WHERE object = 'wal'"), {"p": pids}).scalar_one()
+
+        before = fsyncs()
+        cat.finalize_session(sess_uuid, 10, lambda s: journal.begin("session_finalize", {"locator": "s:1"}, 9))
+        assert fsyncs() - before <= 1  # the pending change's commit only
+        with two.connect() as conn:
+            assert conn.execute(sa.text("SELECT completion_unix_tstamp FROM session_t")).scalar_one() == 10
+            assert conn.execute(sa.text("SELECT count(*) FROM pending_change_t")).scalar_one() == 0
+            assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"  # not left behind
+    finally:
+        two.dispose()

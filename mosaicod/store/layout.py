@@ -47,6 +47,8 @@ def metadata_key(folder: str) -> str:
 
 
 def session_key(sequence_folder: str, session_locator: str) -> str:
+    """The session document's key: its sequence folder followed by ``session_key("", locator)``
+    (the journal builds it that way from the sequence row, catalog/journal.py)."""
     session_id = session_locator.rpartition(":")[2]
     return f"{sequence_folder}/sessions/{session_id}.json"
 
