@@ -334,10 +334,27 @@ def main(argv=None) -> int:
     print(f"{'single: 1 writer + 1 reader, MB/s':44} {s_rate:12.1f}")
     print(f"{f'load: {WRITERS} writers + {READERS} readers, MB/s':44} {l_rate:12.1f}")
     print(f"{'load / single':44} {ratio:11.2f}x  >= 1.60x {'OK' if ratio >= 1.6 else 'MISS'}")
+    cores = os.cpu_count()
     own = sum(s_cpu["servers"]) + s_cpu["pg"] + s_cpu["clients"]  # CPU s the single phase itself used
-    ceiling = os.cpu_count() * s_bytes / own / 1e6 if own > 0 else float("nan")
+    l_own = sum(l_cpu["servers"]) + l_cpu["pg"] + l_cpu["clients"]
+    ceiling = cores * s_bytes / own / 1e6 if own > 0 else float("nan")
     print(f"{'  ceiling: all cores at single CPU/byte, MB/s':44} {ceiling:12.1f}  = {ceiling / s_rate:.2f}x single "
           f"(servers + PostgreSQL + clients: {own / (s_bytes / 1e9):.2f} CPU s/GB)")
+    l_ceiling = cores * l_bytes / l_own / 1e6 if l_own > 0 else float("nan")
+    got = l_own / l_wall  # cores the load phase's own processes had on average
+    print(f"{'  all cores at the load CPU/byte, MB/s':44} {l_ceiling:12.1f}  = {l_ceiling / s_rate:.2f}x single "
+          f"({l_own / (l_bytes / 1e9):.2f} CPU s/GB); the load phase's processes had {got:.2f} of {cores} cores")
+    if ratio < 1.6:
+        if ceiling / s_rate < 1.6:
+            cause = (f"the machine: the single phase already keeps {own / s_wall:.2f} of {cores} cores busy, so at its "
+                     f"CPU cost per byte all {cores} cores give at most {ceiling / s_rate:.2f}x")
+        elif l_ceiling / s_rate < 1.6:
+            cause = (f"the cost per byte under load: {l_own / (l_bytes / 1e9):.2f} CPU s/GB against "
+                     f"{own / (s_bytes / 1e9):.2f} in the single phase")
+        else:
+            cause = (f"cores taken by other work: the load phase's own processes had {got:.2f} of {cores} cores, "
+                     "the rest went to other processes or the kernel (BENCH_TOP=1 lists the processes)")
+        print(f"  capped by {cause}")
     print(f"{'info during load, p50 / p99 ms':44} {np.percentile(l_lat, 50):5.1f} /{p99:5.1f}  "
           f"p99 <= 50 {'OK' if p99 <= 50 else 'MISS'}  ({len(l_lat)} probes)")
     for name, what in (("idle", "idle mosaicod"), ("noop", "idle no-op server")):
