@@ -1,14 +1,16 @@
 """Catalog round trips on the write path: idle-only connection checks, session steps committed
 without waiting for the WAL flush, reads without a transaction; the DoPut claim's lock."""
 
+import contextlib
 import time
 import uuid
+from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from mosaicod.catalog import db
-from mosaicod.catalog.repo import Catalog
+from mosaicod.catalog.repo import _ASYNC_COMMIT_LOCAL, Catalog
 
 
 @pytest.fixture
@@ -35,9 +37,17 @@ def test_a_connection_that_died_while_idle_is_replaced(engine, pg_admin_url):
         assert _backend_pid(conn) != pid
 
 
-def test_session_steps_do_not_wait_for_the_wal_flush_and_other_transactions_do(engine):
+@contextlib.contextmanager
+def _async_transaction(cat: Catalog) -> Iterator[sa.Connection]:
+    """A transaction straight on the driver (``Catalog._transaction``) whose commit does not wait
+    for the WAL flush, as a session step or a finalization's."""
+    with cat._transaction([(_ASYNC_COMMIT_LOCAL, None)]) as tx:
+        yield tx.conn
+
+
+def test_a_transaction_that_does_not_wait_for_the_wal_flush_leaves_the_setting_behind(engine):
     cat = Catalog(engine)
-    with cat._session_step() as conn:
+    with _async_transaction(cat) as conn:
         assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "off"
     with engine.begin() as conn:  # the setting was local to that transaction
         assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
@@ -49,19 +59,19 @@ def test_single_reads_run_outside_a_transaction(engine):
         assert conn.execute(sa.text("SELECT now() = statement_timestamp()")).scalar_one() is True
 
 
-def test_a_failing_session_step_leaves_nothing_and_the_connection_reusable(engine):
+def test_a_failing_driver_transaction_leaves_nothing_and_the_connection_reusable(engine):
     cat = Catalog(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE step_probe (x int PRIMARY KEY)"))
     with pytest.raises(sa.exc.IntegrityError):
-        with cat._session_step() as conn:
+        with _async_transaction(cat) as conn:
             conn.execute(sa.text("INSERT INTO step_probe VALUES (1)"))
             conn.execute(sa.text("INSERT INTO step_probe VALUES (1)"))  # duplicate: the step fails
     with pytest.raises(RuntimeError):
-        with cat._session_step() as conn:
+        with _async_transaction(cat) as conn:
             conn.execute(sa.text("INSERT INTO step_probe VALUES (2)"))
             raise RuntimeError("a check refused the change")
-    with cat._session_step() as conn:
+    with _async_transaction(cat) as conn:
         conn.execute(sa.text("INSERT INTO step_probe VALUES (3)"))
     with cat._read() as conn:
         assert conn.execute(sa.text("SELECT array_agg(x) FROM step_probe")).scalar_one() == [3]
@@ -185,19 +195,19 @@ def test_a_column_row_created_by_a_concurrent_upload_gets_the_chunk_statistics(e
         assert conn.execute(sa.text("SELECT count(*) FROM column_t WHERE column_name = 'x'")).scalar_one() == 1
 
 
-def test_a_session_step_whose_connection_dies_fails_as_a_catalog_outage(engine, pg_admin_url):
+def test_a_driver_transaction_whose_connection_dies_fails_as_a_catalog_outage(engine, pg_admin_url):
     cat = Catalog(engine)
     admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
     try:
         with pytest.raises(sa.exc.OperationalError):  # what the error boundary maps to UNAVAILABLE
-            with cat._session_step() as conn:
+            with _async_transaction(cat) as conn:
                 pid = _backend_pid(conn)
                 with admin.connect() as a:
                     a.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
                 time.sleep(0.2)  # the COMMIT goes to a dead connection
     finally:
         admin.dispose()
-    with cat._session_step() as conn:  # the dead connection was dropped, not handed out again
+    with _async_transaction(cat) as conn:  # the dead connection was dropped, not handed out again
         assert _backend_pid(conn) != pid
 
 

@@ -49,19 +49,7 @@ def _clear(conn: Connection, change_id: int | None) -> None:
         conn.execute(pending_change_t.delete().where(pending_change_t.c.change_id == change_id))
 
 
-def _clearing(stmt, change_id: int | None, *, async_commit: bool = False):
-    """``stmt`` (an INSERT or UPDATE) also clearing a pending change: one statement, where
-    ``_clear`` then the statement would be two.  ``async_commit``: clearing the change also
-    switches the statement's transaction to ``_ASYNC_COMMIT`` (a one-statement session step)."""
-    if change_id is None:
-        return stmt
-    cleared = pending_change_t.c.change_id == change_id
-    return stmt.add_cte(pending_change_t.delete().where(cleared, *([_ASYNC_COMMIT] if async_commit else []))
-                        .cte("cleared"))
-
-
 _ASYNC_COMMIT_LOCAL = "SET LOCAL synchronous_commit TO off"
-_BEGIN_ASYNC_COMMIT = f"BEGIN; {_ASYNC_COMMIT_LOCAL}"
 
 # A session step of one statement runs in autocommit and sets ``synchronous_commit = off`` itself,
 # local to its own transaction: one round trip where BEGIN, the statement and COMMIT took three
@@ -72,6 +60,23 @@ _BEGIN_ASYNC_COMMIT = f"BEGIN; {_ASYNC_COMMIT_LOCAL}"
 _ASYNC_COMMIT_SQL = "set_config('synchronous_commit', 'off', true) IS NOT NULL"
 _ASYNC_COMMIT = sa.text(_ASYNC_COMMIT_SQL)
 
+
+# A sequence, and a session of a sequence, created (one-statement session steps, with their
+# pending change, if any, cleared).  Static text: prepared by psycopg after a few uses, nothing
+# built or compiled per call (py-spy: building the SQLAlchemy statement with its clearing CTE and
+# its cache key took ~0.2 ms per call).
+_INSERT_SEQUENCE = """
+WITH cleared AS (DELETE FROM pending_change_t WHERE change_id = %(change)s)
+INSERT INTO sequence_t (sequence_uuid, locator_name, user_metadata, path_in_store, creation_unix_tstamp)
+SELECT %(uuid)s, %(locator)s, %(md)s, %(folder)s, %(at)s WHERE {async_commit}
+RETURNING sequence_id
+""".format(async_commit=_ASYNC_COMMIT_SQL)
+
+_INSERT_SESSION = """
+WITH cleared AS (DELETE FROM pending_change_t WHERE change_id = %(change)s)
+INSERT INTO session_t (session_uuid, locator_name, sequence_id, creation_unix_tstamp)
+SELECT %(uuid)s, %(locator)s, %(sequence)s, %(at)s WHERE {async_commit}
+""".format(async_commit=_ASYNC_COMMIT_SQL)
 
 # A topic created in its session, which must exist, be open and belong to the topic's sequence:
 # the session row is locked (a concurrent finalization waits, or makes this insert nothing).
@@ -155,16 +160,6 @@ def _wrapped(exc: Exception, statement: str) -> Exception:
     if isinstance(exc, psycopg.Error):
         return sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error)
     return exc
-
-
-def _on_driver(conn: Connection, driver: Any, statement: str) -> None:
-    """Run a statement without parameters straight on the driver connection; a failure drops the
-    connection and is raised as SQLAlchemy would raise it."""
-    try:
-        driver.execute(statement)
-    except Exception as exc:
-        conn.invalidate()
-        raise _wrapped(exc, statement) from None
 
 
 def _pipelined(conn: Connection, statements: Sequence[tuple[str, dict[str, Any] | None]]) -> list[psycopg.Cursor]:
@@ -306,31 +301,12 @@ class Catalog:
         """A session step of one statement carrying ``_ASYNC_COMMIT`` (see there): autocommit."""
         return self._read()
 
-    @contextlib.contextmanager
-    def _session_step(self) -> Iterator[Connection]:
-        """A transaction of a writing session that does not wait for the WAL flush (module doc).
-        Its BEGIN and the setting go in one round trip (an autocommit connection whose
-        transaction is ours to open and end); BEGIN and COMMIT go straight to the driver (no
-        SQLAlchemy statement execution for them: a small sequence runs about thirty)."""
-        with self._read() as conn:
-            driver = conn.connection.driver_connection
-            _on_driver(conn, driver, _BEGIN_ASYNC_COMMIT)
-            try:
-                yield conn
-            except BaseException:
-                try:
-                    driver.execute("ROLLBACK")
-                except Exception:  # noqa: BLE001 - the connection is gone: never reuse it
-                    conn.invalidate()
-                raise
-            _on_driver(conn, driver, "COMMIT")
-
     def _pipelined_step(self, statements: Sequence[tuple[str, dict[str, Any] | None]]) -> None:
         """A session step (module doc) whose statements need nothing read back: BEGIN, the
         setting, ``statements`` ((SQL, parameters) pairs, straight to the driver) and COMMIT go out
-        pipelined (psycopg pipeline mode) and come back in one round trip, where ``_session_step``
-        takes one for BEGIN and one per statement.  If a statement fails, the server skips the
-        rest up to the pipeline's end, COMMIT included: nothing is committed; the connection,
+        pipelined (psycopg pipeline mode) and come back in one round trip, where a transaction
+        would take one for BEGIN and one per statement.  If a statement fails, the server skips
+        the rest up to the pipeline's end, COMMIT included: nothing is committed; the connection,
         its transaction aborted, is dropped and the error raised as SQLAlchemy raises it."""
         with self._read() as conn:
             _pipelined(conn, [("BEGIN", None), (_ASYNC_COMMIT_LOCAL, None), *statements, ("COMMIT", None)])
@@ -367,11 +343,11 @@ class Catalog:
     def create_sequence(self, *, locator: str, uuid: uuidlib.UUID, user_metadata: Any,
                         path_in_store: str, created_at_ns: int, change_id: int | None = None) -> int:
         try:
-            with self._one_statement_step() if change_id is not None else self._session_step() as conn:
-                return conn.execute(_clearing(sequence_t.insert().values(
-                    sequence_uuid=uuid, locator_name=locator, user_metadata=user_metadata,
-                    path_in_store=path_in_store, creation_unix_tstamp=created_at_ns,
-                ).returning(sequence_t.c.sequence_id), change_id, async_commit=True)).scalar_one()
+            with self._one_statement_step() as conn:
+                return conn.exec_driver_sql(_INSERT_SEQUENCE, {
+                    "change": change_id, "uuid": uuid, "locator": locator, "folder": path_in_store,
+                    "md": None if user_metadata is None else Jsonb(user_metadata), "at": created_at_ns,
+                }).scalar_one()
         except sa.exc.IntegrityError as exc:
             if _unique_violation(exc):
                 raise errors.already_exists(f"Sequence `{locator}`") from None
@@ -408,10 +384,9 @@ class Catalog:
     # -- sessions -----------------------------------------------------------------------------
     def create_session(self, *, sequence_id: int, uuid: uuidlib.UUID, locator: str,
                        created_at_ns: int, change_id: int | None = None) -> None:
-        with self._one_statement_step() if change_id is not None else self._session_step() as conn:
-            conn.execute(_clearing(session_t.insert().values(
-                session_uuid=uuid, locator_name=locator, sequence_id=sequence_id,
-                creation_unix_tstamp=created_at_ns), change_id, async_commit=True))
+        with self._one_statement_step() as conn:
+            conn.exec_driver_sql(_INSERT_SESSION, {"change": change_id, "uuid": uuid, "locator": locator,
+                                                   "sequence": sequence_id, "at": created_at_ns})
 
     @staticmethod
     def _session_query() -> sa.Select:
