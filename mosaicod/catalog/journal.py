@@ -144,7 +144,7 @@ class Journal:
     def begin_sequence_create(self, target: dict[str, Any], locator: str, now_ns: int) -> int | None:
         """Record a ``sequence_create`` unless a sequence named ``locator`` exists (None then: the
         caller answers ALREADY_EXISTS before touching the store).  The check is the record's own
-        statement (py-spy on small sequences: the separate existence query was a third of the
+        statement (py-spy on small sequences: the separate existence query was a fifth of the
         action's catalog wait); the sequence row's unique name still decides a race."""
         row = self._record(_BEGIN_SEQUENCE_CREATE, {"target": Jsonb(target), "locator": locator}, now_ns)
         return None if row is None else row[0]
@@ -159,7 +159,7 @@ class Journal:
                                                     "suffix": layout.session_key("", session_locator)}, now_ns)
 
     def _record(self, statement: str, params: dict[str, Any], now_ns: int) -> tuple | None:
-        """Run one of the recording statements below on its own (autocommit, durable: see ``begin``)."""
+        """Run one of the recording statements above on its own (autocommit, durable: see ``begin``)."""
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
             row = c.exec_driver_sql(statement, {**params, "owner": self.owner_key, "at": now_ns}).first()
             return None if row is None else tuple(row)
