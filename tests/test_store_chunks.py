@@ -144,3 +144,62 @@ def test_statistics_of_unaligned_buffers():
     unaligned = pa.Array.from_buffers(pa.float64(), len(values), [None, pa.py_buffer(raw).slice(1)])
     assert not unaligned.to_numpy(zero_copy_only=False).flags.aligned
     assert _numeric_min_max(unaligned) == _numeric_min_max(pa.array(values)) == (-2.0, 7.25, True)
+
+
+def _reference_leaf(rows: list, path: tuple) -> tuple[list, bool]:
+    """Values of a leaf and whether a null was on the way, from Python objects (lists flattened)."""
+    values, saw_null = [], False
+
+    def walk(v, rest):
+        nonlocal saw_null
+        if v is None:
+            saw_null = True
+        elif isinstance(v, list):
+            for item in v:
+                walk(item, rest)
+        elif rest:
+            walk(v[rest[0]], rest[1:])
+        else:
+            values.append(v)
+
+    for row in rows:
+        walk(row, path)
+    return values, saw_null
+
+
+def test_statistics_of_nested_leaves_sharing_structs_and_lists():
+    """Leaves under one struct or list (an SDK IMU has 33 under a few structs) each get their own
+    values: the same as walking the rows in Python, with null structs and lists counted as nulls."""
+    import math
+
+    point = pa.struct([("x", pa.float64()), ("y", pa.int32())])
+    schema = pa.schema([
+        ("timestamp_ns", pa.int64()),
+        ("pose", pa.struct([("position", point), ("orientation", point), ("frame", pa.string())])),
+        ("tags", pa.list_(pa.struct([("name", pa.string()), ("score", pa.float64()), ("at", point)]))),
+        ("readings", pa.list_(pa.float32())),
+    ])
+    rows = [
+        {"timestamp_ns": 1, "pose": {"position": {"x": 1.5, "y": 7}, "orientation": {"x": -2.0, "y": 1},
+                                     "frame": "map"},
+         "tags": [{"name": "b", "score": 0.5, "at": {"x": 9.0, "y": -4}}], "readings": [1.0, 2.0]},
+        {"timestamp_ns": 2, "pose": None, "tags": None, "readings": []},
+        {"timestamp_ns": 3, "pose": {"position": None, "orientation": {"x": float("nan"), "y": 3},
+                                     "frame": None},
+         "tags": [{"name": "a", "score": None, "at": None}, {"name": "c", "score": 2.5, "at": {"x": 0.0, "y": 2}}],
+         "readings": None},
+    ]
+    table = pa.Table.from_pylist(rows, schema=schema)
+    st = ChunkStats(schema)
+    for batch in table.to_batches(max_chunksize=2):  # two batches: accumulated across them
+        st.update(batch)
+    names = dict(st.items())
+    assert set(names) == {"timestamp_ns", "pose.position.x", "pose.position.y", "pose.orientation.x",
+                          "pose.orientation.y", "pose.frame", "tags.name", "tags.score", "tags.at.x",
+                          "tags.at.y", "readings"}
+    for name, cs in names.items():
+        values, saw_null = _reference_leaf(rows, tuple(name.split(".")))
+        present = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+        assert cs.has_null == saw_null, name
+        assert cs.has_nan == (len(present) < len(values)), name
+        assert (cs.min, cs.max) == ((min(present), max(present)) if present else (None, None)), name

@@ -44,6 +44,12 @@ class Leaf:
     path: tuple[str, ...]  # field names from the top-level field
     kind: str  # numeric | textual
     type: pa.DataType
+    # how to reach the leaf's values from the top-level column: LIST (flatten the list) or the
+    # index of a struct's child, in order
+    steps: tuple[int, ...] = ()
+
+
+LIST = -1  # a step of Leaf.steps: flatten a list
 
 
 @functools.lru_cache(maxsize=256)  # per schema: every chunk of every upload of a topic type walks it
@@ -51,47 +57,55 @@ def leaves(schema: pa.Schema) -> tuple[Leaf, ...]:
     """Depth-first leaves of a schema; lists of primitives / of structs are descended once."""
     out: list[Leaf] = []
 
-    def walk(t: pa.DataType, path: tuple[str, ...], in_list: bool) -> None:
+    def walk(t: pa.DataType, path: tuple[str, ...], steps: tuple[int, ...], in_list: bool) -> None:
         if pa.types.is_struct(t):
             for i in range(t.num_fields):
                 f = t.field(i)
-                walk(f.type, path + (f.name,), in_list)
+                walk(f.type, path + (f.name,), steps + (i,), in_list)
             return
         if _is_list(t):
             if in_list:
                 return  # list of lists: unsupported
-            walk(t.value_type, path, True)
+            walk(t.value_type, path, steps + (LIST,), True)
             return
         kind = classify(t)
         if kind:
-            out.append(Leaf(".".join(path), path, kind, t))
+            out.append(Leaf(".".join(path), path, kind, t, steps))
 
     for f in schema:
-        walk(f.type, (f.name,), False)
+        walk(f.type, (f.name,), (), False)
     return tuple(out)
 
 
-def _leaf_values(batch: pa.RecordBatch, leaf: Leaf) -> tuple[pa.Array, bool]:
+def _leaf_values(batch: pa.RecordBatch, leaf: Leaf,
+                 seen: dict[tuple, tuple[pa.Array, bool]] | None = None) -> tuple[pa.Array, bool]:
     """All values of a leaf in the batch (list elements flattened) and whether a null was seen
-    on the way (a null struct or list counts as a null value of the leaf)."""
-    arr: pa.Array = batch.column(leaf.path[0])
-    saw_null = False
-    i = 1
-    while True:
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
-        t = arr.type
-        if _is_list(t):
-            saw_null = saw_null or arr.null_count > 0
-            arr = pc.list_flatten(arr)
+    on the way (a null struct or list counts as a null value of the leaf).  ``seen``: what the
+    batch's other leaves already reached (a struct is flattened once per batch, not once per
+    leaf under it: an SDK IMU has 33 leaves under a few structs)."""
+    seen = {} if seen is None else seen
+    key: tuple = (leaf.path[0],)
+    found = seen.get(key)
+    if found is None:
+        arr = batch.column(leaf.path[0])
+        found = seen[key] = (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr, False)
+    for step in leaf.steps:
+        parent = key
+        key = key + (step,)
+        hit = seen.get(key)
+        if hit is not None:
+            found = hit
             continue
-        if pa.types.is_struct(t):
-            saw_null = saw_null or arr.null_count > 0
-            children = arr.flatten()
-            arr = children[t.get_field_index(leaf.path[i])]
-            i += 1
+        arr, saw_null = found
+        saw_null = saw_null or arr.null_count > 0
+        if step == LIST:
+            found = seen[key] = (pc.list_flatten(arr), saw_null)
             continue
-        return arr, saw_null
+        children = seen.get(parent + ("children",))
+        if children is None:  # a struct's children, with the struct's own nulls merged in
+            children = seen[parent + ("children",)] = (arr.flatten(), saw_null)
+        found = seen[key] = (children[0][step], saw_null)
+    return found
 
 
 @dataclass
@@ -257,8 +271,9 @@ class ChunkStats:
             self.ts_nulls += ts.null_count
             if pa.types.is_integer(ts.type):
                 self._order.feed(ts)
+        seen: dict[tuple, tuple[pa.Array, bool]] = {}
         for leaf in self._leaves:
-            values, saw_null = _leaf_values(batch, leaf)
+            values, saw_null = _leaf_values(batch, leaf, seen)
             _update(self.columns[leaf.name], values, saw_null)
         ts = self.columns.get("timestamp_ns")
         if ts is not None and ts.min is not None:
