@@ -80,6 +80,7 @@ class Kind(enum.Enum):
     CANCELLED = "cancelled"
     UNIMPLEMENTED = "unimplemented"
     UNAVAILABLE = "unavailable"
+    DATA_LOSS = "data_loss"  # a stored file is damaged: the message (no path) says what to do
     INTERNAL = "internal"
 
 
@@ -118,6 +119,7 @@ FLIGHT_ERRORS: dict[Kind, tuple[type[BaseException], str]] = {
     Kind.CANCELLED: (flight.FlightCancelledError, "CANCELLED"),
     Kind.UNIMPLEMENTED: (Unimplemented, "UNIMPLEMENTED"),
     Kind.UNAVAILABLE: (flight.FlightUnavailableError, "UNAVAILABLE"),
+    Kind.DATA_LOSS: (flight.FlightInternalError, "INTERNAL"),  # pyarrow cannot send DATA_LOSS
     Kind.INTERNAL: (flight.FlightInternalError, "INTERNAL"),
 }
 

@@ -22,6 +22,7 @@ from mosaicod.maintenance.rebuild import Options, run
 from mosaicod.store import layout
 from mosaicod.store.chunks import ChunkWriter
 from mosaicod.store.reader import read_topic
+from mosaicod.store.rowgroup import RowGroupBuffer, byte_ranges
 from mosaicod.store.objstore import ObjectStore
 from mosaicod.store.stats import Order
 
@@ -172,27 +173,96 @@ def _mapped(paths: set[str]) -> int:
 
 
 @pytest.mark.parametrize("window", [(None, None), (3000, 240000)])
-def test_streamed_reads_map_one_row_group_at_a_time(store, window):
-    """An in-order read of a local store decodes straight from the page cache (memory-mapped
-    chunk files) one row group at a time: one mapping at a time, none left after the read or
-    after a read dropped half-way; answers stay exact."""
+def test_streamed_reads_map_nothing_and_reuse_one_buffer(store, window, monkeypatch):
+    """An in-order read of a local store reads each row group with pread into one buffer that it
+    reuses from row group to row group (never a memory map: a file truncated under a mapping
+    would kill the server with SIGBUS); answers stay exact, also for a projection."""
     batches = orders("ordered")
     chunks = write_chunks(store, batches)
     files = [(c.data_file, c.stats.ts_order) for c in chunks]
     paths = {store.local_path(c.data_file) for c in chunks}
     assert len(chunks) > 2 and sum(pq.ParquetFile(p).num_row_groups for p in paths) > len(chunks)
+    buffers = {}
+    real_load = RowGroupBuffer.load
+
+    def load(self, *args):
+        loaded = real_load(self, *args)
+        buffers[id(self._buf)] = self._buf  # kept alive: ids stay distinct
+        return loaded
+
+    monkeypatch.setattr(RowGroupBuffer, "load", load)
     seen = []
     out = []
     for batch in read_topic(store, files, SCHEMA, *window, batch_rows=1000):
         seen.append(_mapped(paths))
         out.append(batch)
     assert got(pa.Table.from_batches(out, schema=SCHEMA)) == expected(batches, *window)
-    assert max(seen) == 1 and _mapped(paths) == 0
+    assert max(seen) == 0 and len(buffers) == 1
+    ts = pa.Table.from_batches(read_topic(store, files, SCHEMA, *window, columns=["tag"], batch_rows=1000))
+    assert ts.column_names == ["timestamp_ns", "tag"]
+    assert ts.column("timestamp_ns").to_pylist() == expected(batches, *window)[0]
+
+
+def test_reused_buffer_is_never_overwritten_while_referenced(tmp_path):
+    """A row group's buffer is reused only once nothing points into it any more."""
+    path = str(tmp_path / "f.parquet")
+    pq.write_table(pa.Table.from_batches([rows(range(1000))]), path, row_group_size=250, compression="none")
+    footer = pq.ParquetFile(path).metadata
+    content = open(path, "rb").read()
+    buf = RowGroupBuffer()
+    first = buf.load(path, footer, 0, None)
+    at = byte_ranges(footer, 0, None)[0][0]
+    first.seek(at)
+    view = first.read(64)
+    assert isinstance(view, memoryview)  # no copy
+    held = pa.py_buffer(view)  # what Parquet does with it: an Arrow buffer pointing into the loaded bytes
+    del first, view
+    buf.load(path, footer, 1, None)
+    assert held.to_pybytes() == content[at:at + 64]  # untouched: the second row group went to a new buffer
+    del held
+    old = buf._buf
+    buf.load(path, footer, 2, None)
+    assert buf._buf is old  # nothing held: reused
+
+
+def _truncate(path: str, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("damage", ["footer", "half", "missing"])
+def test_a_damaged_chunk_file_fails_the_read_cleanly(store, damage):
+    """A chunk file cut inside its footer, cut in half or gone: DATA_LOSS with a message that says
+    what is wrong and what to do (no path)."""
+    chunks = write_chunks(store, orders("ordered"))
+    files = [(c.data_file, c.stats.ts_order) for c in chunks]
+    path = store.local_path(chunks[1].data_file)
+    if damage == "missing":
+        os.remove(path)
+    else:
+        size = os.path.getsize(path)
+        _truncate(path, size // 2 if damage == "half" else size - 8 - pq.ParquetFile(path).metadata.serialized_size // 2)
+    with pytest.raises(errors.MosaicoError) as info:
+        list(read_topic(store, files, SCHEMA))
+    assert info.value.kind is errors.Kind.DATA_LOSS
+    reason = {"missing": "missing"}.get(damage, "not a valid Parquet file")
+    assert f"a data file of this topic is damaged ({reason})" in info.value.message
+    assert "restore the file from a backup" in info.value.message and "tp_" not in info.value.message
+
+
+def test_a_chunk_file_truncated_during_a_read_fails_that_read(store):
+    """The footers were read when the read started; a file truncated afterwards is found short when
+    its row group is loaded: DATA_LOSS (truncated), never a crash or a wrong answer."""
+    chunks = write_chunks(store, orders("ordered"))
+    files = [(c.data_file, c.stats.ts_order) for c in chunks]
     it = read_topic(store, files, SCHEMA, batch_rows=1000)
     next(it)
-    assert _mapped(paths) == 1
-    it.close()
-    assert _mapped(paths) == 0
+    path = store.local_path(chunks[-1].data_file)
+    _truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(errors.MosaicoError) as info:
+        list(it)
+    assert info.value.kind is errors.Kind.DATA_LOSS
+    assert "a data file of this topic is damaged (truncated)" in info.value.message
 
 
 def test_rebuild_refuses_a_foreign_file_with_null_timestamps(store):

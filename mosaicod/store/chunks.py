@@ -231,13 +231,12 @@ def _update_stats(stats: ChunkStats, table: pa.Table) -> None:
 # reading (the time-ordered reader itself: store/reader.py)
 
 def open_parquet(store: ObjectStore, key: str, metadata: pq.FileMetaData | None = None,
-                 buffer_size: int = 0, memory_map: bool = False) -> pq.ParquetFile:
+                 buffer_size: int = 0) -> pq.ParquetFile:
     """A chunk file: a native file for a local store, fsspec otherwise.  ``metadata``: the footer
     already read once (not fetched and parsed again).  ``buffer_size`` > 0: column chunks are read
     through buffers of that size (pages stream through; 0: each column chunk is read whole).
-    ``memory_map`` (local store only): pages are decoded from the page cache in place instead of
-    being copied into fresh buffers first; touched pages count in the process's RSS (as page
-    cache, reclaimable) until the file is closed."""
+    Never memory-mapped: a file truncated under a mapping would kill the process with SIGBUS
+    (the reader loads a local row group with ``rowgroup.RowGroupBuffer`` instead)."""
     local = store.local_path(key)
     return pq.ParquetFile(local if local is not None else store.open_read(key), metadata=metadata,
-                          memory_map=memory_map and local is not None, buffer_size=buffer_size)
+                          memory_map=False, buffer_size=buffer_size)

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from .. import errors, logs
 from .chunks import TS, open_parquet, sort_by_timestamp
 from .objstore import ObjectStore
+from .rowgroup import DamagedFile, RowGroupBuffer
 from .stats import Order
 
 log = logs.get(__name__)
@@ -92,6 +93,7 @@ class _Reader:
         self._shared: dict[str, pq.ParquetFile] = {}  # streamed files, open while runs of them remain
         self._remaining: dict[str, int] = {}
         self._spill_dir: str | None = None
+        self._rg_buffer = RowGroupBuffer()  # streamed row groups of a local store are read into it
 
     def check(self) -> None:
         if self.should_stop():
@@ -99,7 +101,11 @@ class _Reader:
 
     # -- runs ---------------------------------------------------------------------------------
     def runs_of(self, key: str, order: int | None) -> list[_Run]:
-        pf = open_parquet(self.store, key)
+        try:
+            pf = open_parquet(self.store, key)
+        except (OSError, pa.ArrowInvalid) as exc:
+            self._damaged(key, exc)
+            raise
         md = pf.metadata
         ts_col = pf.schema_arrow.get_field_index(TS)
         sorted_rows = order is not None and order >= Order.ROW_GROUPS
@@ -126,34 +132,66 @@ class _Reader:
         rows = min(self.batch_rows, run.merge_rows) if run.merged else self.batch_rows
         if run.spill is not None:
             return _Cursor(self, run, _spilled(run.spill))
-        pf = self._parquet(run.key, buffered=run.merged)
+        try:
+            batches = self._batches(run, rows)
+        except (OSError, pa.ArrowInvalid) as exc:
+            self._damaged(run.key, exc)
+            raise
+        return _Cursor(self, run, self._checked_file(run.key, batches))
+
+    def _damaged(self, key: str, exc: BaseException) -> None:
+        """Raise DamagedFile for a failure reading chunk file ``key`` that means the file is
+        damaged: any from a local store (a disk error or a file that is not what its footer or the
+        catalog says), a malformed file from a remote one; a remote store's OSError (an outage)
+        is left to the caller."""
+        if isinstance(exc, DamagedFile):
+            return
+        if self.store.local_path(key) is None and isinstance(exc, OSError):
+            return
+        if isinstance(exc, FileNotFoundError):
+            reason = "missing"
+        elif isinstance(exc, OSError) and exc.errno is not None:
+            reason = f"unreadable: {exc.strerror}"
+        else:
+            reason = "not a valid Parquet file"
+        raise DamagedFile(reason, f"{key}: {errors.first_line(exc)}") from None
+
+    def _checked_file(self, key: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from batches
+        except (OSError, pa.ArrowInvalid) as exc:
+            self._damaged(key, exc)
+            raise
+
+    def _batches(self, run: _Run, rows: int) -> Iterator[pa.RecordBatch]:
+        pf = self._parquet(run)
         if run.sorted:
             # a local file is decoded on this thread: column-parallel decoding on Arrow's pool cost
             # ~25% more decode CPU per byte in thread hand-offs, and was not even faster (a server
             # streams several reads at once anyway); a remote file keeps the pool, whose threads
             # overlap one column's fetch with another's decoding
             threads = not run.merged and self.store.local_path(run.key) is None
-            batches = pf.iter_batches(batch_size=rows, row_groups=[run.row_group], columns=self.columns,
-                                      use_threads=threads)
-        else:
-            batches = self._sorted_row_group(pf, run, rows)
-        return _Cursor(self, run, batches)
+            return pf.iter_batches(batch_size=rows, row_groups=[run.row_group], columns=self.columns,
+                                   use_threads=threads)
+        return self._sorted_row_group(pf, run, rows)
 
-    def _parquet(self, key: str, buffered: bool) -> pq.ParquetFile:
-        """The chunk file.  A merged run gets its own reader with small read buffers (only pages,
-        not whole column chunks, in memory).  A streamed run of a local store gets its own
-        memory-mapped reader: pages are decoded straight from the page cache (reading each column
-        chunk into a fresh buffer first cost a copy plus the kernel zeroing the new pages: ~22% of
-        a read's server CPU in perf), and the mapping, whose touched pages count in the RSS, lasts one
-        row group.  Remote streamed runs share one reader per file (one fsspec handle), released
-        after the last of them."""
+    def _parquet(self, run: _Run) -> pq.ParquetFile:
+        """The chunk file of a run.  A merged run gets its own reader with small read buffers (only
+        pages, not whole column chunks, in memory).  A streamed run of a local store has its row
+        group's column chunks read into the read's reused buffer (``rowgroup.py``: no memory map,
+        whose pages would SIGBUS the process if the file were truncated meanwhile; no fresh zeroed
+        buffer per column chunk, which cost ~22% of a read's server CPU in perf).  Remote streamed
+        runs share one reader per file (one fsspec handle), released after the last of them."""
+        key = run.key
+        assert key is not None
         self._remaining[key] -= 1
         last = self._remaining[key] == 0
         footer = self.footers.pop(key) if last else self.footers[key]
-        if buffered:
+        local = self.store.local_path(key)
+        if run.merged:
             pf = open_parquet(self.store, key, footer, buffer_size=MERGE_READ_BUFFER)
-        elif self.store.local_path(key) is not None:
-            pf = open_parquet(self.store, key, footer, memory_map=True)
+        elif local is not None:
+            pf = pq.ParquetFile(self._rg_buffer.load(local, footer, run.row_group, self.columns), metadata=footer)
         else:
             pf = self._shared.get(key) or self._shared.setdefault(key, open_parquet(self.store, key, footer))
         if last:
@@ -469,6 +507,13 @@ def read_topic(store: ObjectStore, data_files: list[str | tuple[str, int | None]
             key, order = (item, None) if isinstance(item, str) else item
             runs.extend(reader.runs_of(key, order))
         yield from _rebatch(_merged(reader, reader.plan(runs)), batch_rows, schema)
+    except DamagedFile as exc:
+        log.error("chunk file damaged: read stopped", reason=exc.reason, problem=str(exc))
+        raise errors.MosaicoError(
+            errors.Kind.DATA_LOSS,
+            f"a data file of this topic is damaged ({exc.reason}): the read stopped there. An operator must "
+            "restore the file from a backup (`mosaicod rebuild-catalog --dry-run` lists damaged files; "
+            "`mosaicod rebuild-catalog` re-indexes the store as it is)") from None
     except OrderViolation as exc:
         log.error("chunk file not in the order it was indexed with", problem=str(exc))
         raise errors.internal("a data file of this topic is not in timestamp order although it was indexed "
