@@ -25,9 +25,9 @@ SCHEMA = pa.schema([pa.field("timestamp_ns", pa.int64(), nullable=False), pa.fie
 
 @pytest.fixture
 def serve(tmp_path, db_url):
-    """`mosaicod serve` in a subprocess: 16 MiB chunks of 1 MiB row groups (many row groups per
+    """`mosaicod serve` in a subprocess: 64 MiB chunks of 1 MiB row groups (many row groups per
     file, each streamed as several DoGet batches)."""
-    env = base_env(MOSAICOD_DB_URL=db_url, MOSAICOD_MAX_CHUNK_SIZE=str(16 * MiB),
+    env = base_env(MOSAICOD_DB_URL=db_url, MOSAICOD_MAX_CHUNK_SIZE=str(64 * MiB),
                    MOSAICOD_ROW_GROUP_SIZE=str(MiB), MOSAICOD_LOG_LEVEL="warning")
     srv = start_serve(["--data-dir", str(tmp_path / "data")], env, tmp_path / "serve.log")
     srv.root = tmp_path / "data"
@@ -125,10 +125,12 @@ def test_chunk_truncated_while_a_read_streams_it(serve):
     up."""
     srv = serve
     upload(srv, "good", 50_000)
-    rows = 1_000_000  # 16 MB of Arrow data: one chunk file of 16 row groups
+    # 48 MB of Arrow data: one chunk file of ~30 row groups, far more than the stream's flow-control
+    # window holds
+    rows = 3_000_000
     upload(srv, "bad", rows)
-    victim = topic_files(srv, "bad/t")[0]
-    assert pq.ParquetFile(victim).metadata.num_row_groups >= 8
+    victim, = topic_files(srv, "bad/t")
+    assert pq.ParquetFile(victim).metadata.num_row_groups >= 20
 
     c = flight.FlightClient(srv.location)
     try:
