@@ -170,6 +170,8 @@ def _pipelined(conn: Connection, statements: Sequence[tuple[str, dict[str, Any] 
     is dropped and the error raised as SQLAlchemy raises it."""
     driver = conn.connection.driver_connection
     try:
+        if len(statements) == 1:  # one round trip anyway: no pipeline mode (~30 us of CPU)
+            return [driver.cursor(row_factory=dict_row).execute(*statements[0])]
         with driver.pipeline():
             return [driver.cursor(row_factory=dict_row).execute(sql, params) for sql, params in statements]
     except Exception as exc:
