@@ -22,6 +22,7 @@ from mosaicod.maintenance.rebuild import Options, run
 from mosaicod.store import layout
 from mosaicod.store.chunks import ChunkWriter
 from mosaicod.store.reader import read_topic
+from mosaicod.store import rowgroup
 from mosaicod.store.rowgroup import RowGroupBuffer, byte_ranges
 from mosaicod.store.objstore import ObjectStore
 from mosaicod.store.stats import Order
@@ -182,6 +183,7 @@ def test_streamed_reads_map_nothing_and_reuse_one_buffer(store, window, monkeypa
     files = [(c.data_file, c.stats.ts_order) for c in chunks]
     paths = {store.local_path(c.data_file) for c in chunks}
     assert len(chunks) > 2 and sum(pq.ParquetFile(p).num_row_groups for p in paths) > len(chunks)
+    monkeypatch.setattr(rowgroup, "_IDLE", rowgroup._IdleBuffers())  # no buffer left by another test
     buffers = {}
     real_load = RowGroupBuffer.load
 
@@ -198,13 +200,17 @@ def test_streamed_reads_map_nothing_and_reuse_one_buffer(store, window, monkeypa
         out.append(batch)
     assert got(pa.Table.from_batches(out, schema=SCHEMA)) == expected(batches, *window)
     assert max(seen) == 0 and len(buffers) == 1
+    # the next read (a projection) gets the buffer of the read that ended
     ts = pa.Table.from_batches(read_topic(store, files, SCHEMA, *window, columns=["tag"], batch_rows=1000))
     assert ts.column_names == ["timestamp_ns", "tag"]
     assert ts.column("timestamp_ns").to_pylist() == expected(batches, *window)[0]
+    assert len(buffers) == 1
 
 
-def test_reused_buffer_is_never_overwritten_while_referenced(tmp_path):
-    """A row group's buffer is reused only once nothing points into it any more."""
+def test_reused_buffer_is_never_overwritten_while_referenced(tmp_path, monkeypatch):
+    """A row group's buffer is reused (by the next row group, or by the next read once its read
+    ended) only once nothing points into it any more."""
+    monkeypatch.setattr(rowgroup, "_IDLE", rowgroup._IdleBuffers())
     path = str(tmp_path / "f.parquet")
     pq.write_table(pa.Table.from_batches([rows(range(1000))]), path, row_group_size=250, compression="none")
     footer = pq.ParquetFile(path).metadata
@@ -223,6 +229,24 @@ def test_reused_buffer_is_never_overwritten_while_referenced(tmp_path):
     old = buf._buf
     buf.load(path, footer, 2, None)
     assert buf._buf is old  # nothing held: reused
+    buf.close()  # the read ended: its buffer waits for the next read
+    nxt = RowGroupBuffer()
+    loaded = nxt.load(path, footer, 3, None)
+    assert nxt._buf is old
+    loaded.seek(byte_ranges(footer, 3, None)[0][0])
+    held = pa.py_buffer(loaded.read(64))
+    del loaded
+    nxt.close()  # a read ending while something still points into its buffer: not handed on
+    assert rowgroup._IDLE.take(1) is None
+    del held
+
+
+def test_idle_buffers_keep_the_largest_few():
+    idle = rowgroup._IdleBuffers()
+    sizes = [300, 100, 200, rowgroup.IDLE_BUFFER_MAX + 1]
+    for n in sizes:
+        idle.give(np.empty(n, np.uint8))
+    assert idle.take(250) is not None and len(idle.take(1)) == 200 and idle.take(1) is None
 
 
 def _truncate(path: str, size: int) -> None:

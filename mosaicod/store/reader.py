@@ -241,6 +241,7 @@ class _Reader:
 
     def close(self) -> None:
         self._shared.clear()
+        self._rg_buffer.close()
         if self._spill_dir is not None:
             shutil.rmtree(self._spill_dir, ignore_errors=True)
             self._spill_dir = None
