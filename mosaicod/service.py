@@ -550,9 +550,27 @@ class Upload:
         svc.store.put_json(layout.commit_key(self.folder),
                            commit_doc_for(chunks, state="finalized", committed_at_ns=completed))
         crash_point("upload:committed")
-        svc.catalog.finalize_topic(self.topic["topic_id"], completed, self.change, chunks=self._held)
+        try:
+            svc.catalog.finalize_topic(self.topic["topic_id"], completed, self.change, chunks=self._held)
+        except Exception:
+            if not self._end_was_recorded(completed):
+                raise
+            # the COMMIT was applied, only its answer was lost: the upload ended, say so
+            log.warning("the end of an upload was recorded although the database's answer was lost",
+                        topic=self.topic["locator_name"])
         self.ended = True
         svc.journal.active_uploads.discard(self.change)
+
+    def _end_was_recorded(self, completed_at_ns: int) -> bool:
+        """Whether the catalog has this upload finalized at ``completed_at_ns`` (the time only this
+        end writes): its finalizing step failed on the way back, yet was applied.  False when
+        that cannot be read either (the failure is then reported as it is)."""
+        try:
+            topic = self.service.catalog.topic(self.topic["locator_name"])
+        except Exception:  # noqa: BLE001 - the database is still away: report the first failure
+            return False
+        return (topic["topic_id"] == self.topic["topic_id"]
+                and topic["completion_unix_tstamp"] == completed_at_ns)
 
     def interrupt(self, reason: str) -> None:
         """The stream broke (client gone, call cancelled, transport or server error): keep every
