@@ -141,3 +141,33 @@ def test_unreachable_embedded_postgres_is_one_line(data, tmp_path):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "embedded PostgreSQL" in lines[0], res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_stop_that_cuts_idle_streams_still_stops_the_embedded_postgres(data, tmp_path):
+    """A stream left open and idle by its client outlives the stop's grace: the process ends
+    without waiting for it (``os._exit``), which skips the normal exit; the embedded PostgreSQL,
+    whose last user the server is, must be stopped all the same."""
+    import pyarrow as pa
+    import pyarrow.flight as flight
+
+    srv = start_serve(["--data-dir", str(data)], base_env(), tmp_path / "serve.log")
+    client = flight.FlightClient(srv.location)
+    try:
+        def act(name, body):
+            return [json.loads(r.body.to_pybytes()) for r in client.do_action(flight.Action(name, json.dumps(body).encode()))]
+
+        act("sequence_create", {"locator": "idle", "user_metadata": {}})
+        sess = act("session_create", {"locator": "idle"})[0]["response"]["uuid"]
+        tid = act("topic_create", {"session_uuid": sess, "locator": "idle/t", "serialization_format": "default",
+                                   "ontology_tag": "F", "user_metadata": {}})[0]["response"]["uuid"]
+        schema = pa.schema([pa.field("timestamp_ns", pa.int64(), nullable=False), pa.field("v", pa.float64())])
+        desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "idle/t", "topic_uuid": tid}).encode())
+        # the stream is opened and then left idle (a batch could arrive after the stop began and
+        # end the call at once: the stop would then not have to cut anything)
+        writer, _ = client.do_put(desc, schema)
+        assert running_postmasters(data)
+        _stop_cleanly(srv, data)  # the stream is still open: the server ends without waiting for it
+        assert "stopped with calls still open" in srv.log(), srv.log()[-2000:]
+    finally:
+        client.close()
+        srv.stop()

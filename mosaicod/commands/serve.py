@@ -8,7 +8,7 @@ import signal
 import sys
 
 from .. import allocator, logs, metrics, registry
-from ..catalog.db import CatalogUnavailable
+from ..catalog.db import CatalogUnavailable, release_embedded
 from ..recovery import RecoveryLoop
 from ..runtime import Runtime, build_server
 from ..store.objstore import StoreUnavailable
@@ -84,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     if not calls_ended:  # the calls left open are idle streams (their uploads are interrupted):
-        sys.stdout.flush()  # the end of the process cuts them (a normal exit would wait for them)
+        # the end of the process cuts them (a normal exit would wait for them).  os._exit skips
+        # the exit handlers, among them the embedded PostgreSQL's stop when this server is its
+        # last user: do that one first, or the database keeps running without its server
+        release_embedded()
+        sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
     return 0
