@@ -100,7 +100,8 @@ def _stored_stats(engine, chunk_id: int) -> dict:
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
-def _probe_topic(engine) -> int:
+def _probe_topics(engine, count: int = 1) -> list[int]:
+    """A sequence, a session and ``count`` topics of tag ``probe`` (ids), inserted directly."""
     from mosaicod.catalog.tables import sequence_t, session_t, topic_t
 
     with engine.begin() as conn:
@@ -110,10 +111,15 @@ def _probe_topic(engine) -> int:
         sess = conn.execute(session_t.insert().values(
             session_uuid=uuid.uuid4(), locator_name="s:1", sequence_id=seq,
             creation_unix_tstamp=1).returning(session_t.c.session_id)).scalar_one()
-        return conn.execute(topic_t.insert().values(
-            topic_uuid=uuid.uuid4(), sequence_id=seq, session_id=sess, locator_name="s/t",
+        return [conn.execute(topic_t.insert().values(
+            topic_uuid=uuid.uuid4(), sequence_id=seq, session_id=sess,
+            locator_name="s/t" if count == 1 else f"s/t{k}",
             serialization_format="default", ontology_tag="probe", creation_unix_tstamp=1)
-            .returning(topic_t.c.topic_id)).scalar_one()
+            .returning(topic_t.c.topic_id)).scalar_one() for k in range(count)]
+
+
+def _probe_topic(engine) -> int:
+    return _probe_topics(engine)[0]
 
 
 def test_a_chunk_and_its_statistics_are_indexed_in_one_statement_that_creates_missing_column_rows(engine):
@@ -318,20 +324,9 @@ def test_a_topic_finalization_refused_at_its_last_statement_indexes_nothing(engi
     of the same step are not committed either, and the connection is not handed out again."""
     import pyarrow as pa
 
-    from mosaicod.catalog.tables import sequence_t, session_t, topic_t
-
     cat = Catalog(engine)
+    topics = _probe_topics(engine, 2)
     with engine.begin() as conn:
-        seq = conn.execute(sequence_t.insert().values(
-            sequence_uuid=uuid.uuid4(), locator_name="s", path_in_store="sq_x",
-            creation_unix_tstamp=1).returning(sequence_t.c.sequence_id)).scalar_one()
-        sess = conn.execute(session_t.insert().values(
-            session_uuid=uuid.uuid4(), locator_name="s:1", sequence_id=seq,
-            creation_unix_tstamp=1).returning(session_t.c.session_id)).scalar_one()
-        topics = [conn.execute(topic_t.insert().values(
-            topic_uuid=uuid.uuid4(), sequence_id=seq, session_id=sess, locator_name=f"s/t{k}",
-            serialization_format="default", ontology_tag="probe", creation_unix_tstamp=1)
-            .returning(topic_t.c.topic_id)).scalar_one() for k in range(2)]
         conn.execute(sa.text(
             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN IF NEW.topic_id = %d THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$" % topics[0]))

@@ -208,6 +208,18 @@ def test_upload_left_uploading_without_a_claim_is_recovered(small_chunks):
         c.close()
 
 
+def _open_upload(c: flight.FlightClient, sequence: str, schema: pa.Schema) -> flight.FlightStreamWriter:
+    """A sequence, a session and its topic ``<sequence>/a``, and a DoPut stream open on it."""
+    act(c, "sequence_create", {"locator": sequence, "user_metadata": {}})
+    sess = act(c, "session_create", {"locator": sequence})["uuid"]
+    tid = act(c, "topic_create", {"session_uuid": sess, "locator": f"{sequence}/a", "serialization_format": "default",
+                                  "ontology_tag": "F", "user_metadata": {}})["uuid"]
+    desc = flight.FlightDescriptor.for_command(
+        json.dumps({"resource_locator": f"{sequence}/a", "topic_uuid": tid}).encode())
+    writer, _ = c.do_put(desc, schema)
+    return writer
+
+
 def test_an_end_of_stream_that_cannot_be_recorded_keeps_every_chunk(small_chunks, pg_admin_url):
     """The catalog refuses to finalize the topic at the clean end of its stream (here a trigger
     raises; in life: a constraint, a bug): the chunks closed while ending -- indexed with the end --
@@ -225,12 +237,7 @@ def test_an_end_of_stream_that_cannot_be_recorded_keeps_every_chunk(small_chunks
             "WHEN (NEW.locator_name = 'end/a' AND NEW.completion_unix_tstamp IS NOT NULL) "
             "EXECUTE FUNCTION refuse_end()")
     try:
-        act(c, "sequence_create", {"locator": "end", "user_metadata": {}})
-        sess = act(c, "session_create", {"locator": "end"})["uuid"]
-        tid = act(c, "topic_create", {"session_uuid": sess, "locator": "end/a", "serialization_format": "default",
-                                      "ontology_tag": "F", "user_metadata": {}})["uuid"]
-        desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "end/a", "topic_uuid": tid}).encode())
-        writer, _ = c.do_put(desc, schema)
+        writer = _open_upload(c, "end", schema)
         n = 0
         for _ in range(8):  # ~200 KB per row group on disk: one 1 MiB chunk rolls after 6 (indexed at once),
             # the last closes at the end
@@ -272,12 +279,7 @@ def test_an_end_recorded_but_reported_failed_indexes_no_chunk_twice(small_chunks
     c = flight.FlightClient(srv.location)
     schema = pa.schema([pa.field("timestamp_ns", pa.int64(), nullable=False), pa.field("v", pa.float64())])
     try:
-        act(c, "sequence_create", {"locator": "lost", "user_metadata": {}})
-        sess = act(c, "session_create", {"locator": "lost"})["uuid"]
-        tid = act(c, "topic_create", {"session_uuid": sess, "locator": "lost/a", "serialization_format": "default",
-                                      "ontology_tag": "F", "user_metadata": {}})["uuid"]
-        desc = flight.FlightDescriptor.for_command(json.dumps({"resource_locator": "lost/a", "topic_uuid": tid}).encode())
-        writer, _ = c.do_put(desc, schema)
+        writer = _open_upload(c, "lost", schema)
         n = 0
         rng = np.random.default_rng(5)  # incompressible: the chunks roll whatever the encoding
         for _ in range(6):  # one chunk rolls (indexed at once), the last closes at the end
